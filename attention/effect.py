@@ -1,0 +1,102 @@
+"""Effects and the ordered stack that runs them around one attention call.
+
+An effect changes attention at the sites its schedule selects, in three optional stages:
+``pre`` edits the call (q, k, v, logit bias) so the host's fused kernel still runs; ``attend`` wraps the
+attention computation itself (only effects that need explicit maps or extra passes override it); ``post``
+edits the output. Stacked effects run ``pre`` in stack order, ``attend`` nested with the first effect
+outermost, and ``post`` in reverse order, so a stack behaves like nested function application.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import torch
+
+from .schedule import Schedule
+from .site import Site
+
+
+@dataclass(frozen=True)
+class AttnCall:
+    """q: b h n d, k/v: b h m d, bias: additive logits broadcastable to b h n m (or None), heads: h."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    @property
+    def heads(self) -> int:
+        return self.q.shape[1]
+
+    def with_(self, **changes) -> "AttnCall":
+        return replace(self, **changes)
+
+
+Backend = Callable[[AttnCall], torch.Tensor]  # AttnCall -> b n (h d)
+
+
+class Effect:
+    """Base class: an attention effect with a schedule. Subclasses override some of pre/attend/post."""
+
+    node_id: str = "AttnLab"
+    supported_kinds: frozenset[str] | None = None  # None: any kind
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    def __deepcopy__(self, memo):  # effects are immutable; the host's clone() may deep-copy options
+        return self
+
+    @property
+    def neutral(self) -> bool:
+        """True when the settings reproduce unpatched attention exactly (the effect is then never run)."""
+        return False
+
+    def supports(self, site: Site) -> bool:
+        return self.supported_kinds is None or site.kind in self.supported_kinds
+
+    def applies(self, site: Site) -> bool:
+        return not self.neutral and self.supports(site) and self.schedule.matches(site)
+
+    def pre(self, call: AttnCall, site: Site) -> AttnCall:
+        return call
+
+    def attend(self, call: AttnCall, site: Site, inner: Backend) -> torch.Tensor:
+        return inner(call)
+
+    def post(self, out: torch.Tensor, call: AttnCall, site: Site) -> torch.Tensor:
+        return out
+
+    def settings(self) -> str:
+        return ""
+
+    def describe(self) -> str:
+        state = " (neutral: does nothing)" if self.neutral else ""
+        return f"{self.node_id} {self.settings()} [{self.schedule.describe()}]{state}"
+
+
+def _nest(effect: Effect, site: Site, inner: Backend) -> Backend:
+    return lambda call: effect.attend(call, site, inner)
+
+
+def run_effects(effects: Sequence[Effect], call: AttnCall, site: Site, backend: Backend) -> torch.Tensor:
+    """Run ``effects`` (already filtered to those that apply) around ``backend``; returns b n (h d)."""
+    for effect in effects:
+        call = effect.pre(call, site)
+    inner = backend
+    for effect in reversed(effects):
+        inner = _nest(effect, site, inner)
+    out = inner(call)
+    for effect in reversed(effects):
+        out = effect.post(out, call, site)
+    return out
+
+
+def per_item(values: torch.Tensor, items: tuple[bool, ...] | None, neutral: float) -> torch.Tensor:
+    """Broadcast a per-site factor to b 1 1 1, with ``neutral`` for unselected batch items (items None: all)."""
+    if items is None:
+        return values
+    mask = torch.tensor(items, device=values.device).view(-1, 1, 1, 1)
+    return torch.where(mask, values, torch.full_like(values, neutral))

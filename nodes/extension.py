@@ -1,0 +1,14 @@
+"""The V3 extension the host loads: the list of Attention Lab nodes."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension
+
+from .inspect import AttnLabInspect
+from .temperature import AttnLabTemperature
+
+NODES = [AttnLabTemperature, AttnLabInspect]
+
+
+class AttentionLabExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)

@@ -1,0 +1,56 @@
+"""Test tiers: tests/pure runs on torch alone; tests/host needs the real ComfyUI host (found by tools.hostenv).
+
+Without a host, the host tier is skipped with one loud line that says how to get one.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import importlib.util  # noqa: E402
+
+from tools import hostenv  # noqa: E402
+
+PACKAGE = "attention_lab"
+
+
+def _register_pack() -> None:
+    """Import the pack root as the package ``attention_lab`` (its folder name varies; ``nodes`` would clash with
+    the host's own ``nodes`` module), so tests import ``attention_lab.attention`` and ``attention_lab.nodes``."""
+    if PACKAGE in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+
+
+_register_pack()
+
+HOST = hostenv.find_host()
+if HOST is not None:
+    hostenv.bootstrap()
+
+
+def pytest_report_header(config):
+    if HOST is None:
+        return ["!" * 100, "HOST TIER SKIPPED: " + hostenv.HOW_TO_GET_HOST, "!" * 100]
+    return [f"ComfyUI host: {HOST} (version {hostenv.host_version(HOST)}), "
+            f"attention backend: {'SDPA' if os.environ.get('ATTNLAB_SDPA') == '1' else 'host default'}"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if HOST is not None:
+        return
+    skip = pytest.mark.skip(reason="no ComfyUI host: " + hostenv.HOW_TO_GET_HOST)
+    for item in items:
+        if "tests/host" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(skip)
