@@ -153,12 +153,28 @@ class CallContext:
 
     # -- after the model call -----------------------------------------------------------------------------
     def finish(self) -> None:
-        if self.live and self.reached == 0:
+        if not self.live:
+            return
+        self._check_block_replaces()
+        if self.reached == 0:
             current = self.options.get("optimized_attention_override")
             warn_once(("dropped", callable_name(current)),
                       "Attention Lab: the attention override was replaced by %s, installed after the Attention Lab "
                       "nodes without chaining to them; their effects do nothing. Put the Attention Lab nodes after "
                       "the node that installs %s.", callable_name(current), callable_name(current))
+
+
+    def _check_block_replaces(self) -> None:
+        """Warn once about DiT block replaces installed after ours without chaining (we tag every block, so any
+        foreign entry replaced ours there)."""
+        dit = self.options.get("patches_replace", {}).get("dit", {})
+        for group in self.family.dit_groups:
+            for (kind, index), fn in dit.items():
+                if kind == group.replace_kind and not is_ours(fn):
+                    warn_once(("block", kind, index, callable_name(fn)),
+                              "Attention Lab: the block replace %s at %s.%d was installed after the Attention Lab "
+                              "nodes without chaining to them; effects in that block are skipped. Put the Attention "
+                              "Lab nodes after the node that installs it.", callable_name(fn), group.group, index)
 
 
 @dataclass
@@ -312,7 +328,11 @@ def apply_model_wrapper(executor, x, t, *args, **kwargs):
     to = kwargs.get("transformer_options", {}) if in_kwargs else args[3]
     stack = to.get(STACK_KEY)
     family = BY_NAME.get(to.get(FAMILY_KEY))
-    if stack is None or family is None or not stack.live:
+    if stack is None or not stack.live:
+        return executor(x, t, *args, **kwargs)
+    if family is None:
+        warn_once(("family", to.get(FAMILY_KEY)), "Attention Lab: model family '%s' is not reachable; the effects on "
+                  "this model do nothing.", to.get(FAMILY_KEY))
         return executor(x, t, *args, **kwargs)
     ctx = CallContext(stack, family, x, t, to)
     to = dict(to)

@@ -65,7 +65,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("sdxl", "SDXL", UNET, ("SDXL", "SDXLRefiner"), 1024 * 1024),
     Family("sd3", "SD3 / SD3.5", DIT, ("SD3",), 1024 * 1024, patch=(1, 2, 2),
            dit_groups=(DitGroup("double_block", "block", "joint_blocks", (JOINT, SELF)),)),
-    Family("flux", "Flux", DIT, ("Flux", "Chroma"), 1024 * 1024, patch=(1, 2, 2), dit_groups=_FLUX_GROUPS,
+    Family("flux", "Flux", DIT, ("Flux",), 1024 * 1024, patch=(1, 2, 2), dit_groups=_FLUX_GROUPS,
            native_groups={"double": "double", "single": "single"}),
     Family("wan21", "WAN 2.1 / 2.2", DIT, ("WAN21_T2V",), 832 * 480, patch=(1, 2, 2),
            dit_groups=(DitGroup("double_block", "block", "blocks", (SELF, CROSS, CROSS)),),

@@ -14,26 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import importlib.util  # noqa: E402
-
 from tools import hostenv  # noqa: E402
 
-PACKAGE = "attention_lab"
-
-
-def _register_pack() -> None:
-    """Import the pack root as the package ``attention_lab`` (its folder name varies; ``nodes`` would clash with
-    the host's own ``nodes`` module), so tests import ``attention_lab.attention`` and ``attention_lab.nodes``."""
-    if PACKAGE in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
-
-
-_register_pack()
+hostenv.register_pack()
 
 HOST = hostenv.find_host()
 if HOST is not None:
@@ -42,9 +25,14 @@ if HOST is not None:
 
 def pytest_report_header(config):
     if HOST is None:
-        return ["!" * 100, "HOST TIER SKIPPED: " + hostenv.HOW_TO_GET_HOST, "!" * 100]
+        return ["!!! HOST TIER SKIPPED: " + hostenv.HOW_TO_GET_HOST]
     return [f"ComfyUI host: {HOST} (version {hostenv.host_version(HOST)}), "
             f"attention backend: {'SDPA' if os.environ.get('ATTNLAB_SDPA') == '1' else 'host default'}"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if HOST is None:
+        terminalreporter.write_line("!!! HOST TIER SKIPPED: " + hostenv.HOW_TO_GET_HOST, red=True, bold=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -89,3 +89,21 @@ def bootstrap(sdpa: bool | None = None, base_directory: str | None = None) -> Pa
 
 def base_directory() -> str:
     return _BOOTED["base"]
+
+
+PACKAGE = "attention_lab"
+
+
+def register_pack():
+    """Import the pack root as the package ``attention_lab`` (its folder name varies; its ``nodes`` would clash
+    with the host's own ``nodes`` module at top level). Returns the package module."""
+    import importlib.util
+
+    if PACKAGE in sys.modules:
+        return sys.modules[PACKAGE]
+    spec = importlib.util.spec_from_file_location(PACKAGE, PACK_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(PACK_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+    return module

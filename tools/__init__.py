@@ -1,0 +1,1 @@
+"""Developer tools: host bootstrap, tiny models, the workflow runner."""
