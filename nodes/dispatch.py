@@ -78,7 +78,9 @@ class CallContext:
         self.percent = _schedule_progress(self.sigma, transformer_options.get("sample_sigmas"))
         self.chunks = tuple(transformer_options.get("cond_or_uncond") or (0,))
         self.latent_shape = tuple(x.shape)
-        self.live = any(e.schedule.active_at(self.sigma) for e in stack.live)
+        self.active = [e for e in stack.live if e.schedule.active_at(self.sigma)
+                       and any(e.schedule.chunk_selected(c) for c in self.chunks)]
+        self.live = bool(self.active)
         self.busy = False
         self.reached = 0
         self.unet_kind: str | None = None
@@ -140,12 +142,19 @@ class CallContext:
             return TokenLayout(n_q, n_k, grid, Span(0, n_q), None, None, Span(0, n_k), area)
         return TokenLayout(n_q, n_k, grid, Span(0, n_q), Span(0, n_k), None, None, area)
 
-    def site(self, q: torch.Tensor, k: torch.Tensor, heads: int, to: dict) -> Site | None:
-        """The Site of a call in canonical b h n d layout; None where the call has no addressable block."""
-        where = self._unet_where(to) if self.family.arch == UNET else self._dit_where(to)
-        block, kind = where
+    def where(self, to: dict) -> tuple[BlockAddress | None, str | None]:
+        """Block address and attention kind of the current call; advances the per-block call counters."""
+        return self._unet_where(to) if self.family.arch == UNET else self._dit_where(to)
+
+    def candidates(self, block: BlockAddress | None, kind: str | None) -> list:
+        """Effects active in this model call whose blocks and kinds select (block, kind): a cheap pre-filter."""
         if block is None:
-            return None
+            return []
+        return [e for e in self.active if e.schedule.blocks.matches(block)
+                and (e.schedule.kinds is None or kind in e.schedule.kinds)]
+
+    def site(self, block: BlockAddress, kind: str, q: torch.Tensor, k: torch.Tensor, heads: int, to: dict) -> Site:
+        """The Site of a call whose q, k are in canonical b h n d layout."""
         b, _, n_q, head_dim = q.shape
         layout = self._layout(kind, n_q, k.shape[2], to)
         return Site(self.family.name, kind, block, heads, head_dim, layout, self.sigma, self.percent,
@@ -219,11 +228,15 @@ class Dispatcher:
         ctx.reached += 1
         if not ctx.live:
             return self._next(func, args, kwargs)
+        block, kind = ctx.where(to)
+        effects = ctx.candidates(block, kind)
+        if not effects:
+            return self._next(func, args, kwargs)
         call = _parse(args, kwargs)
         skip = bool(call.kwargs.get("skip_reshape", False))
         q, k = to_bhnd(call.q, call.heads, skip), to_bhnd(call.k, call.heads, skip)
-        site = ctx.site(q, k, call.heads, to)
-        effects = ctx.stack.applying(site) if site is not None else []
+        site = ctx.site(block, kind, q, k, call.heads, to)
+        effects = [e for e in effects if e.applies(site)]
         if not effects:
             return self._next(func, args, kwargs)
         ctx.busy = True
