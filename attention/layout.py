@@ -5,9 +5,11 @@ import torch
 
 
 def to_bhnd(x: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tensor:
-    """b n (h d) (or b h n d when ``skip_reshape``) -> b h n d, as a view without copying."""
+    """b n (h d) (b n h d when 4-D, as SD3's values; b h n d when ``skip_reshape``) -> b h n d, as a view."""
     if skip_reshape:
         return x
+    if x.ndim == 4:
+        return x.transpose(1, 2)
     b, n, hd = x.shape
     return x.view(b, n, heads, hd // heads).transpose(1, 2)
 

@@ -8,7 +8,7 @@ import torch
 from tools.tiny_models import FAMILY_NAMES
 
 EXPECTED_KINDS = {"sd15": {"self", "cross"}, "sd2": {"self", "cross"}, "sdxl": {"self", "cross"},
-                  "sd3": {"joint"}, "flux": {"joint"}, "wan21": {"self", "cross"},
+                  "sd3": {"joint", "self"}, "flux": {"joint"}, "wan21": {"self", "cross"},
                   "hunyuan_video": {"joint"}, "ltxv": {"self", "cross"}, "qwen_image": {"joint"}}
 
 

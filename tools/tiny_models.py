@@ -1,0 +1,215 @@
+"""Tiny, seeded, random-weight models built from the host's own model classes, one per family the engine
+reaches, plus a tiny SD1 CLIP and VAE. For tests, benchmarks and the runner's smoke mode: they check that the
+maths and the wiring are right, never that an image looks good.
+
+Every builder returns a ``TinyModel``: the ModelPatcher, a latent maker and a conditioning maker whose context
+width matches the model. Import has no side effects; call ``tools.hostenv.bootstrap()`` first.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+log = logging.getLogger("attnlab.tiny")
+
+
+def init_weights_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
+    """Fill every parameter deterministically (host layers are allocated with torch.empty): norms 1/0, rest N(0, std)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            is_norm = "norm" in type(m).__name__.lower()
+            for name, p in m.named_parameters(recurse=False):
+                if is_norm:
+                    p.fill_(1.0 if name in ("weight", "scale") else 0.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * std)
+    return module
+
+
+@dataclass
+class TinyModel:
+    family: str
+    patcher: object
+    latent_shape: tuple  # without the batch dimension
+    context_dim: int
+    text_length: int = 7
+    extras: Callable[[int, int, torch.Generator, bool], dict] = field(default=lambda b, t, g, neg: {})
+
+    def latent(self, batch: int = 1) -> torch.Tensor:
+        """b c h w (or b c t h w) zeros."""
+        return torch.zeros((batch, *self.latent_shape))
+
+    def conditioning(self, batch: int = 1, length: int | None = None, seed: int = 0, negative: bool = False) -> list:
+        """A host CONDITIONING list: [[context b t c, extras]] with seeded random text features."""
+        g = torch.Generator().manual_seed(seed + (1000 if negative else 0))
+        length = length or self.text_length
+        context = torch.randn(batch, length, self.context_dim, generator=g)
+        return [[context, self.extras(batch, length, g, negative)]]
+
+
+def _patcher(config_cls, config: dict, seed: int):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    model_config = config_cls({**config, "dtype": torch.float32})
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights_(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
+
+
+def _pooled(dim: int, **more):
+    def extras(batch, length, g, negative):
+        return {"pooled_output": torch.randn(batch, dim, generator=g), **more}
+    return extras
+
+
+def _text_mask(batch, length, g, negative):
+    return {"attention_mask": torch.ones(batch, length, dtype=torch.long)}
+
+
+_UNET_BASE = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+              "legacy": False, "in_channels": 4, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
+              "use_temporal_attention": False, "use_temporal_resblock": False}
+
+
+def _sd15(seed):
+    import comfy.supported_models as sm
+    config = {**_UNET_BASE, "adm_in_channels": None, "model_channels": 32, "transformer_depth": [1, 1],
+              "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+              "use_linear_in_transformer": False, "context_dim": 64}
+    return TinyModel("sd15", _patcher(sm.SD15, config, seed), (4, 16, 16), 64)
+
+
+def _sd2(seed):
+    import comfy.supported_models as sm
+    # SD20 forces 64-channel heads: 64 model channels give 1 head, then 2.
+    config = {**_UNET_BASE, "adm_in_channels": None, "model_channels": 64, "transformer_depth": [1, 1],
+              "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+              "use_linear_in_transformer": True, "context_dim": 64}
+    return TinyModel("sd2", _patcher(sm.SD20, config, seed), (4, 16, 16), 64)
+
+
+def _sdxl(seed):
+    import comfy.supported_models as sm
+    # No attention at level 0, depth 2 at level 1 (as SDXL's [0, 2, 10]); ADM = pooled (32) + 6 size embeds.
+    config = {**_UNET_BASE, "adm_in_channels": 32 + 6 * 256, "num_classes": "sequential", "model_channels": 64,
+              "transformer_depth": [0, 2], "transformer_depth_output": [0, 0, 2, 2],
+              "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 64}
+    return TinyModel("sdxl", _patcher(sm.SDXL, config, seed), (4, 16, 16), 64, extras=_pooled(32))
+
+
+def _sd3(seed):
+    import comfy.supported_models as sm
+    # MMDiT: hidden = 64 x depth, heads = depth; SD3.5M-style extra self-attention in block 0.
+    config = {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "adm_in_channels": 32,
+              "pos_embed_scaling_factor": None, "pos_embed_max_size": 16, "num_patches": 256,
+              "context_embedder_config": {"target": "torch.nn.Linear",
+                                          "params": {"in_features": 48, "out_features": 128}},
+              "x_block_self_attn_layers": [0], "qk_norm": "rms"}
+    return TinyModel("sd3", _patcher(sm.SD3, config, seed), (16, 8, 8), 48, extras=_pooled(32))
+
+
+def _flux(seed):
+    import comfy.supported_models as sm
+    config = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16,
+              "patch_size": 2, "vec_in_dim": 32, "context_in_dim": 48, "hidden_size": 64, "mlp_ratio": 2.0,
+              "num_heads": 4, "depth": 2, "depth_single_blocks": 2, "axes_dim": [4, 6, 6], "theta": 10000,
+              "qkv_bias": True}
+    return TinyModel("flux", _patcher(sm.Flux, config, seed), (16, 8, 8), 48, extras=_pooled(32, guidance=3.5))
+
+
+def _wan21(seed):
+    import comfy.supported_models as sm
+    config = {"image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "text_len": 16,
+              "in_dim": 16, "dim": 64, "ffn_dim": 128, "freq_dim": 32, "text_dim": 48, "out_dim": 16,
+              "num_heads": 4, "num_layers": 2, "window_size": (-1, -1), "qk_norm": True,
+              "cross_attn_norm": True, "eps": 1e-6}
+    return TinyModel("wan21", _patcher(sm.WAN21_T2V, config, seed), (16, 3, 8, 8), 48)
+
+
+def _hunyuan_video(seed):
+    import comfy.supported_models as sm
+    config = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
+              "context_in_dim": 48, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 4, "depth": 2,
+              "depth_single_blocks": 2, "axes_dim": [4, 6, 6], "theta": 256, "patch_size": [1, 2, 2],
+              "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False}
+    return TinyModel("hunyuan_video", _patcher(sm.HunyuanVideo, config, seed), (16, 2, 8, 8), 48,
+                     extras=_pooled(32, guidance=6.0))
+
+
+def _ltxv(seed):
+    import comfy.supported_models as sm
+    config = {"image_model": "ltxv", "in_channels": 32, "cross_attention_dim": 64, "attention_head_dim": 16,
+              "num_attention_heads": 4, "caption_channels": 48, "num_layers": 2}
+    return TinyModel("ltxv", _patcher(sm.LTXV, config, seed), (32, 2, 4, 4), 48, extras=_text_mask)
+
+
+def _qwen_image(seed):
+    import comfy.supported_models as sm
+    config = {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16,
+              "num_layers": 2, "attention_head_dim": 16, "num_attention_heads": 4, "joint_attention_dim": 48,
+              "axes_dims_rope": (4, 6, 6)}
+    return TinyModel("qwen_image", _patcher(sm.QwenImage, config, seed), (16, 1, 8, 8), 48)
+
+
+FAMILIES: dict[str, Callable[[int], TinyModel]] = {
+    "sd15": _sd15, "sd2": _sd2, "sdxl": _sdxl, "sd3": _sd3, "flux": _flux, "wan21": _wan21,
+    "hunyuan_video": _hunyuan_video, "ltxv": _ltxv, "qwen_image": _qwen_image,
+}
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def build(family: str, seed: int = 0) -> TinyModel:
+    """A tiny model of ``family`` (one of FAMILY_NAMES) with weights from ``seed``."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny family '{family}'; known: {', '.join(FAMILY_NAMES)}")
+    return FAMILIES[family](seed)
+
+
+def sample(patcher, tiny: TinyModel, steps: int = 3, cfg: float = 4.0, seed: int = 0, sampler: str = "euler",
+           scheduler: str = "normal", positive=None, negative=None, latent=None) -> torch.Tensor:
+    """Sample ``patcher`` with the host's real sampler; latent b c (t) h w."""
+    import comfy.sample
+
+    latent = tiny.latent() if latent is None else latent
+    positive = positive or tiny.conditioning(latent.shape[0], seed=seed)
+    negative = negative or tiny.conditioning(latent.shape[0], seed=seed, negative=True)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(patcher, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                               seed=seed, disable_pbar=True)
+
+
+def tiny_sd1_clip(seed: int = 0):
+    """A comfy.sd.CLIP with the SD1 tokenizer the host ships and a 2-layer, 64-wide text model."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    clip = comfy.sd.CLIP(target=target, model_options={"clip_l_model_config": {
+        "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 2,
+        "projection_dim": 64}})
+    init_weights_(clip.cond_stage_model, seed)
+    return clip
+
+
+def tiny_sd_vae(seed: int = 0):
+    """A comfy.sd.VAE with a tiny AutoencoderKL: 4 latent channels, 8x downscale."""
+    import comfy.ldm.models.autoencoder as ae
+    import comfy.sd
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    model = ae.AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    init_weights_(model, seed)
+    return comfy.sd.VAE(sd=model.state_dict(), config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
+
+
+def tiny_sd15_bundle(seed: int = 0):
+    """(ModelPatcher, CLIP, VAE) that work together in a CLIPTextEncode -> KSampler -> VAEDecode graph."""
+    return build("sd15", seed).patcher, tiny_sd1_clip(seed), tiny_sd_vae(seed)
