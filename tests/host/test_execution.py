@@ -9,8 +9,6 @@ import uuid
 import pytest
 import torch
 
-from tools.hostenv import PACK_ROOT
-
 RESULTS: dict = {}
 
 
@@ -60,11 +58,10 @@ class StubServer:
 
 @pytest.fixture(scope="module")
 def host_nodes():
-    import nodes
-    if "AttnLabTemperature" not in nodes.NODE_CLASS_MAPPINGS:
-        asyncio.run(nodes.load_custom_node(str(PACK_ROOT), ignore=set(nodes.NODE_CLASS_MAPPINGS)))
-    nodes.NODE_CLASS_MAPPINGS.update(TestTinySD15=TestTinySD15, TestLatentSink=TestLatentSink)
-    return nodes
+    from tools.run_workflow import load_host_nodes
+    mapping = load_host_nodes()
+    mapping.update(TestTinySD15=TestTinySD15, TestLatentSink=TestLatentSink)
+    return mapping
 
 
 def execute(prompt):

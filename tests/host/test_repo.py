@@ -2,7 +2,6 @@
 every node has a doc page and an example workflow, the registry metadata is well-formed."""
 from __future__ import annotations
 
-import asyncio
 import json
 import tomllib
 
@@ -16,12 +15,8 @@ FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 @pytest.fixture(scope="module")
 def registry():
-    import nodes
-    if "KSamplerAdvanced" not in nodes.NODE_CLASS_MAPPINGS or "AttnLabTemperature" not in nodes.NODE_CLASS_MAPPINGS:
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-        if "AttnLabTemperature" not in nodes.NODE_CLASS_MAPPINGS:
-            asyncio.run(nodes.load_custom_node(str(PACK_ROOT), ignore=set(nodes.NODE_CLASS_MAPPINGS)))
-    return nodes.NODE_CLASS_MAPPINGS
+    from tools.run_workflow import load_host_nodes
+    return load_host_nodes()
 
 
 def test_readme_tables_are_generated_from_the_code():
