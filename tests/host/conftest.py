@@ -72,3 +72,10 @@ def temperature(scale=1.5, **schedule):
 def temp():
     """temp(scale, **schedule) -> a Temperature effect."""
     return temperature
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Free the cached models while the host's modules still exist (ModelPatcher.__del__ needs them)."""
+    import gc
+    _tiny.cache_clear()
+    gc.collect()
