@@ -54,6 +54,10 @@ class Effect:
         """True when the settings reproduce unpatched attention exactly (the effect is then never run)."""
         return False
 
+    def runs_in(self, plan) -> bool:
+        """Whether the effect takes part in a model call with this guidance ``plan`` (None: an ordinary call)."""
+        return True
+
     def supports(self, site: Site) -> bool:
         return self.supported_kinds is None or site.kind in self.supported_kinds
 

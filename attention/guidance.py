@@ -13,12 +13,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def identity_attention(v: torch.Tensor, n_q: int) -> torch.Tensor:
-    """v: b h n d (self-attention, n == n_q) -> b h n d: every query attends only to itself (PAG)."""
-    if v.shape[2] != n_q:
-        raise ValueError(f"identity attention needs as many keys as queries ({v.shape[2]} != {n_q})")
-    return v
+from .effect import AttnCall, Effect
+from .layout import bhnd_to_bnhd
+from .schedule import Schedule
+from .site import JOINT, SELF, Site
 
 
 def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
@@ -64,3 +62,110 @@ def rescale(guided: torch.Tensor, reference: torch.Tensor, factor: float) -> tor
     std_ref = reference.std(dim=dims, keepdim=True)
     std_guided = guided.std(dim=dims, keepdim=True).clamp_min(1e-8)
     return factor * guided * (std_ref / std_guided) + (1 - factor) * guided
+
+
+# -- perturbation effects: each applies only to the batch chunks of its own guidance pass ----------------------
+GUIDANCE_CHUNKS = "guidance_chunks"  # Site.extras key: per chunk, the Perturbation it runs (or None)
+
+
+class Perturbation(Effect):
+    """An attention perturbation for guidance: result = cfg + scale * (cond - perturbed) (+ rescale).
+
+    It changes attention only in the extra batch chunks the guidance runner adds for it, never in the ordinary
+    cond/uncond chunks, so several perturbations share one batched model call.
+    """
+
+    supported_kinds = frozenset({SELF, JOINT})
+
+    def __init__(self, schedule: Schedule, scale: float, rescale: float = 0.0):
+        super().__init__(schedule)
+        self.scale, self.rescale_factor = float(scale), float(rescale)
+
+    @property
+    def neutral(self) -> bool:
+        return self.scale == 0.0
+
+    def runs_in(self, plan) -> bool:
+        return plan is not None and self in plan
+
+    def items(self, site: Site) -> tuple[bool, ...] | None:
+        """Batch items this perturbation changes at ``site``: the chunks whose label the plan maps to it."""
+        plan = site.extras.get(GUIDANCE_CHUNKS)
+        if not plan:
+            return None
+        picked = tuple(c < len(plan) and plan[c] is self for c in site.chunks)
+        if not any(picked):
+            return None
+        return tuple(p for p in picked for _ in range(site.batch_per_chunk))
+
+    def applies(self, site: Site) -> bool:
+        return self.items(site) is not None and super().applies(site)
+
+    def guide(self, denoised: torch.Tensor, cond: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+        """denoised/cond/perturbed: b c ... -> b c ...: add this perturbation's guidance term."""
+        guided = denoised + self.scale * (cond - perturbed)
+        return rescale(guided, cond, self.rescale_factor)
+
+    def settings(self) -> str:
+        return f"scale={self.scale:g} rescale={self.rescale_factor:g}"
+
+
+def _item_mask(items: tuple[bool, ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(items, device=like.device).view(-1, *([1] * (like.ndim - 1)))
+
+
+def _image_rows(site: Site) -> slice:
+    span = site.layout.img_q
+    return span.as_slice() if span is not None else slice(None)
+
+
+class PAG(Perturbation):
+    """Perturbed-Attention Guidance (Ahn et al. 2024): image self-attention replaced by the identity map."""
+
+    node_id = "AttnLabPAG"
+
+    def attend(self, call: AttnCall, site: Site, inner) -> torch.Tensor:
+        out = inner(call)
+        rows = _image_rows(site)
+        values = bhnd_to_bnhd(call.v)[:, rows]
+        mask = _item_mask(self.items(site), out)
+        out = out.clone()
+        out[:, rows] = torch.where(mask, values.to(out.dtype), out[:, rows])
+        return out
+
+
+class SEG(Perturbation):
+    """Smoothed Energy Guidance (Hong 2024): image queries blurred by a Gaussian over the token grid."""
+
+    node_id = "AttnLabSEG"
+
+    def __init__(self, schedule: Schedule, scale: float, blur_sigma: float, rescale: float = 0.0):
+        super().__init__(schedule, scale, rescale)
+        self.blur_sigma = float(blur_sigma)
+
+    def pre(self, call: AttnCall, site: Site) -> AttnCall:
+        frames, gh, gw = site.layout.grid
+        rows = _image_rows(site)
+        q_img = call.q[:, :, rows]
+        if q_img.shape[2] != frames * gh * gw:
+            return call  # merged or extra tokens: no grid to blur on
+        b, h, n, d = q_img.shape
+        per_frame = q_img.reshape(b, h * frames, gh * gw, d) if frames > 1 else q_img
+        blurred = blur_grid(per_frame, (gh, gw), self.blur_sigma).reshape(b, h, n, d)
+        q = call.q.clone()
+        q[:, :, rows] = torch.where(_item_mask(self.items(site), q_img), blurred, q_img)
+        return call.with_(q=q)
+
+    def settings(self) -> str:
+        return f"{super().settings()} blur_sigma={self.blur_sigma:g}"
+
+
+class SkipAttention(Perturbation):
+    """Skip-layer guidance on attention: the selected blocks' attention contributes nothing (output zero)."""
+
+    node_id = "AttnLabSkipLayerGuidance"
+    supported_kinds = frozenset({SELF, JOINT})
+
+    def attend(self, call: AttnCall, site: Site, inner) -> torch.Tensor:
+        out = inner(call)
+        return torch.where(_item_mask(self.items(site), out), torch.zeros_like(out), out)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension
 
+from .guidance import AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance
 from .inspect import AttnLabInspect
 from .temperature import AttnLabTemperature
 
-NODES = [AttnLabTemperature, AttnLabInspect]
+NODES = [AttnLabTemperature, AttnLabInspect, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance]
 
 
 class AttentionLabExtension(ComfyExtension):

@@ -12,6 +12,7 @@ from ..attention.effect import Effect
 from ..attention.stack import EffectStack
 from .dispatch import (FAMILY_KEY, STACK_KEY, BlockTagger, Dispatcher, UnetCheck, UnetTag, apply_model_wrapper,
                        callable_name, is_ours)
+from .guidance_runtime import apply_guidance, guidance_batch_wrapper
 from .families import UNET, Family, family_of_config, supported_labels
 from .errors import node_error
 
@@ -53,6 +54,18 @@ def add_effect(model, effect: Effect, node_id: str):
         _install_unet_tags(to)
     else:
         _install_block_taggers(m, family)
+    return m
+
+
+def add_guidance(model, effect: Effect, node_id: str):
+    """add_effect, plus the guidance runner (one batched pass for all perturbations, a post-CFG term)."""
+    import comfy.patcher_extension as pe
+
+    m = add_effect(model, effect, node_id)
+    if not m.get_wrappers(pe.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY):
+        m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, guidance_batch_wrapper)
+    if apply_guidance not in m.model_options.get("sampler_post_cfg_function", []):
+        m.set_model_sampler_post_cfg_function(apply_guidance)
     return m
 
 

@@ -16,24 +16,28 @@ from .sites import model_addresses
 ALL_KINDS = "all"
 
 
-def schedule_inputs(kinds: tuple[str, ...]) -> list:
-    """start_percent, end_percent, blocks, kind (from ``kinds``), apply_to."""
-    return [
+def schedule_inputs(kinds: tuple[str, ...], apply_to: bool = True, blocks_default: str = "",
+                    blocks_tooltip: str = "") -> list:
+    """start_percent, end_percent, blocks, kind (from ``kinds``) and, unless ``apply_to`` is False, apply_to."""
+    inputs = [
         io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
                        tooltip="Where in the sampling schedule the effect starts (0.0 = first step), in the same "
                                "percent convention as core nodes."),
         io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
                        tooltip="Where the effect stops (1.0 = last step). 0.0-0.5 means the first half."),
-        io.String.Input("blocks", default="",
-                        tooltip="Which attention blocks: empty for all, or e.g. 'input.4-8, output.*' (UNet) or "
-                                "'double.*, single.0-9' (Flux). AttnLabInspect lists a model's blocks."),
+        io.String.Input("blocks", default=blocks_default,
+                        tooltip=blocks_tooltip or "Which attention blocks: empty for all, or e.g. 'input.4-8, "
+                                "output.*' (UNet) or 'double.*, single.0-9' (Flux). AttnLabInspect lists a model's "
+                                "blocks."),
         io.Combo.Input("kind", options=[ALL_KINDS, *kinds], default=ALL_KINDS,
                        tooltip="Which attention: self (image to image), cross (image to text), joint (text and "
                                "image together, SD3/Flux/Qwen/HunyuanVideo), or all."),
-        io.Combo.Input("apply_to", options=list(APPLY_TO), default="both",
-                       tooltip="Which half of the CFG batch the effect changes: the positive (cond), the "
-                               "negative (uncond), or both."),
     ]
+    if apply_to:
+        inputs.append(io.Combo.Input("apply_to", options=list(APPLY_TO), default="both",
+                                     tooltip="Which half of the CFG batch the effect changes: the positive (cond), "
+                                             "the negative (uncond), or both."))
+    return inputs
 
 
 def parse_blocks(node_id: str, blocks: str) -> BlockSelector:

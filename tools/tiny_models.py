@@ -51,7 +51,8 @@ class TinyModel:
         return [[context, self.extras(batch, length, g, negative)]]
 
 
-def _patcher(config_cls, config: dict, seed: int):
+def patcher_from_config(config_cls, config: dict, seed: int):
+    """A ModelPatcher around config_cls(config).get_model() in float32 with weights filled from ``seed``."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
@@ -82,7 +83,7 @@ def _sd15(seed):
     config = {**_UNET_BASE, "adm_in_channels": None, "model_channels": 32, "transformer_depth": [1, 1],
               "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
               "use_linear_in_transformer": False, "context_dim": 64}
-    return TinyModel("sd15", _patcher(sm.SD15, config, seed), (4, 16, 16), 64)
+    return TinyModel("sd15", patcher_from_config(sm.SD15, config, seed), (4, 16, 16), 64)
 
 
 def _sd2(seed):
@@ -91,7 +92,7 @@ def _sd2(seed):
     config = {**_UNET_BASE, "adm_in_channels": None, "model_channels": 64, "transformer_depth": [1, 1],
               "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
               "use_linear_in_transformer": True, "context_dim": 64}
-    return TinyModel("sd2", _patcher(sm.SD20, config, seed), (4, 16, 16), 64)
+    return TinyModel("sd2", patcher_from_config(sm.SD20, config, seed), (4, 16, 16), 64)
 
 
 def _sdxl(seed):
@@ -100,7 +101,7 @@ def _sdxl(seed):
     config = {**_UNET_BASE, "adm_in_channels": 32 + 6 * 256, "num_classes": "sequential", "model_channels": 64,
               "transformer_depth": [0, 2], "transformer_depth_output": [0, 0, 2, 2],
               "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 64}
-    return TinyModel("sdxl", _patcher(sm.SDXL, config, seed), (4, 16, 16), 64, extras=_pooled(32))
+    return TinyModel("sdxl", patcher_from_config(sm.SDXL, config, seed), (4, 16, 16), 64, extras=_pooled(32))
 
 
 def _sd3(seed):
@@ -111,7 +112,7 @@ def _sd3(seed):
               "context_embedder_config": {"target": "torch.nn.Linear",
                                           "params": {"in_features": 48, "out_features": 128}},
               "x_block_self_attn_layers": [0], "qk_norm": "rms"}
-    return TinyModel("sd3", _patcher(sm.SD3, config, seed), (16, 8, 8), 48, extras=_pooled(32))
+    return TinyModel("sd3", patcher_from_config(sm.SD3, config, seed), (16, 8, 8), 48, extras=_pooled(32))
 
 
 def _flux(seed):
@@ -120,7 +121,7 @@ def _flux(seed):
               "patch_size": 2, "vec_in_dim": 32, "context_in_dim": 48, "hidden_size": 64, "mlp_ratio": 2.0,
               "num_heads": 4, "depth": 2, "depth_single_blocks": 2, "axes_dim": [4, 6, 6], "theta": 10000,
               "qkv_bias": True}
-    return TinyModel("flux", _patcher(sm.Flux, config, seed), (16, 8, 8), 48, extras=_pooled(32, guidance=3.5))
+    return TinyModel("flux", patcher_from_config(sm.Flux, config, seed), (16, 8, 8), 48, extras=_pooled(32, guidance=3.5))
 
 
 def _wan21(seed):
@@ -129,7 +130,7 @@ def _wan21(seed):
               "in_dim": 16, "dim": 64, "ffn_dim": 128, "freq_dim": 32, "text_dim": 48, "out_dim": 16,
               "num_heads": 4, "num_layers": 2, "window_size": (-1, -1), "qk_norm": True,
               "cross_attn_norm": True, "eps": 1e-6}
-    return TinyModel("wan21", _patcher(sm.WAN21_T2V, config, seed), (16, 3, 8, 8), 48)
+    return TinyModel("wan21", patcher_from_config(sm.WAN21_T2V, config, seed), (16, 3, 8, 8), 48)
 
 
 def _hunyuan_video(seed):
@@ -138,7 +139,7 @@ def _hunyuan_video(seed):
               "context_in_dim": 48, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 4, "depth": 2,
               "depth_single_blocks": 2, "axes_dim": [4, 6, 6], "theta": 256, "patch_size": [1, 2, 2],
               "qkv_bias": True, "guidance_embed": True, "byt5": False, "meanflow": False}
-    return TinyModel("hunyuan_video", _patcher(sm.HunyuanVideo, config, seed), (16, 2, 8, 8), 48,
+    return TinyModel("hunyuan_video", patcher_from_config(sm.HunyuanVideo, config, seed), (16, 2, 8, 8), 48,
                      extras=_pooled(32, guidance=6.0))
 
 
@@ -146,7 +147,7 @@ def _ltxv(seed):
     import comfy.supported_models as sm
     config = {"image_model": "ltxv", "in_channels": 32, "cross_attention_dim": 64, "attention_head_dim": 16,
               "num_attention_heads": 4, "caption_channels": 48, "num_layers": 2}
-    return TinyModel("ltxv", _patcher(sm.LTXV, config, seed), (32, 2, 4, 4), 48, extras=_text_mask)
+    return TinyModel("ltxv", patcher_from_config(sm.LTXV, config, seed), (32, 2, 4, 4), 48, extras=_text_mask)
 
 
 def _qwen_image(seed):
@@ -154,7 +155,7 @@ def _qwen_image(seed):
     config = {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16,
               "num_layers": 2, "attention_head_dim": 16, "num_attention_heads": 4, "joint_attention_dim": 48,
               "axes_dims_rope": (4, 6, 6)}
-    return TinyModel("qwen_image", _patcher(sm.QwenImage, config, seed), (16, 1, 8, 8), 48)
+    return TinyModel("qwen_image", patcher_from_config(sm.QwenImage, config, seed), (16, 1, 8, 8), 48)
 
 
 FAMILIES: dict[str, Callable[[int], TinyModel]] = {

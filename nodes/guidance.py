@@ -1,0 +1,135 @@
+"""Attention-based guidance nodes: PAG, SEG and skip-layer guidance, all run in one batched extra pass.
+
+Each node stacks a perturbation; however many are stacked, their perturbed predictions come from one batched
+model call per step, which joins the cond/uncond call where the host's memory estimate allows.
+"""
+from __future__ import annotations
+
+import math
+
+from comfy_api.latest import io
+
+from ..attention.guidance import PAG, SEG, SkipAttention
+from ..attention.site import JOINT, SELF
+from .errors import node_error
+from .families import DIT, UNET, Family
+from .host import add_guidance, dit_block_count, family_of
+from .schedule_inputs import build_schedule, schedule_inputs
+
+SCALE_MAX = 100.0
+INFINITE_SIGMA = 9999.0  # blur_sigma at or above this: the mean query (SEG's infinite blur)
+DEFAULT_BLOCKS_TOOLTIP = ("Which blocks to perturb; empty = the model's middle block (UNet 'middle.0', as core's "
+                          "PAG; a DiT's middle block). E.g. 'input.7-8, middle.0' or 'double.8-10'.")
+
+
+def default_blocks(model, family: Family) -> str:
+    """The family's middle block: 'middle.0' on UNets, the middle block of a DiT's first block list."""
+    if family.arch == UNET:
+        return "middle.0"
+    group = family.dit_groups[0]
+    return f"{group.group}.{dit_block_count(model, group.modules) // 2}"
+
+
+def check_range(node_id: str, name: str, value: float, lo: float, hi: float, fix: str) -> None:
+    if not lo <= value <= hi:
+        raise node_error(node_id, name, f"{value} is outside {lo:g}-{hi:g}", fix)
+
+
+def guidance_schedule(node_id, model, family, start_percent, end_percent, blocks, kind):
+    return build_schedule(node_id, model, family, start_percent, end_percent, blocks or default_blocks(model, family),
+                          kind)
+
+
+def _scale_inputs(default: float):
+    return [
+        io.Float.Input("scale", default=default, min=0.0, max=SCALE_MAX, step=0.1,
+                       tooltip="Guidance strength: result = CFG + scale x (cond - perturbed). 0 = off (exactly "
+                               "the unpatched output)."),
+        io.Float.Input("rescale", default=0.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="Rescale the guided prediction toward the cond prediction's spread (0 = off); "
+                               "tames over-saturation at high scales."),
+    ]
+
+
+def _execute(node_id, effect_cls, model, scale, rescale, start_percent, end_percent, blocks, kind, **extra):
+    check_range(node_id, "scale", scale, 0.0, SCALE_MAX, "use 0 (off) to about 10; 3 is typical")
+    check_range(node_id, "rescale", rescale, 0.0, 1.0, "use a value from 0 to 1")
+    family = family_of(model, node_id)
+    schedule = guidance_schedule(node_id, model, family, start_percent, end_percent, blocks, kind)
+    effect = effect_cls(schedule, scale=scale, rescale=rescale, **extra)
+    return io.NodeOutput(add_guidance(model, effect, node_id))
+
+
+class AttnLabPAG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PAG.node_id,
+            display_name="Perturbed-Attention Guidance",
+            category="attention_lab/guidance",
+            description="Perturbed-Attention Guidance (Ahn et al. 2024): a prediction whose self-attention at the "
+                        "selected blocks is replaced by the identity steers the sample away from structural "
+                        "collapse. Stacked guidance nodes share one batched extra pass.",
+            inputs=[io.Model.Input("model", tooltip="The model to patch; it is cloned."),
+                    *_scale_inputs(3.0),
+                    *schedule_inputs((SELF, JOINT), apply_to=False, blocks_tooltip=DEFAULT_BLOCKS_TOOLTIP)],
+            outputs=[io.Model.Output(tooltip="The model with PAG on its Attention Lab stack.")],
+        )
+
+    @classmethod
+    def execute(cls, model, scale, rescale, start_percent, end_percent, blocks, kind) -> io.NodeOutput:
+        return _execute(PAG.node_id, PAG, model, scale, rescale, start_percent, end_percent, blocks, kind)
+
+
+class AttnLabSEG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=SEG.node_id,
+            display_name="Smoothed Energy Guidance",
+            category="attention_lab/guidance",
+            description="Smoothed Energy Guidance (Hong 2024): a prediction whose self-attention queries are "
+                        "blurred by a Gaussian over the image grid guides the sample; a larger blur is a stronger, "
+                        "smoother perturbation. Stacked guidance nodes share one batched extra pass.",
+            inputs=[io.Model.Input("model", tooltip="The model to patch; it is cloned."),
+                    *_scale_inputs(3.0),
+                    io.Float.Input("blur_sigma", default=10.0, min=0.1, max=INFINITE_SIGMA, step=0.1,
+                                   tooltip=f"Gaussian sigma in tokens. {INFINITE_SIGMA:g} = infinite: every query "
+                                           "becomes the mean query."),
+                    *schedule_inputs((SELF, JOINT), apply_to=False, blocks_tooltip=DEFAULT_BLOCKS_TOOLTIP)],
+            outputs=[io.Model.Output(tooltip="The model with SEG on its Attention Lab stack.")],
+        )
+
+    @classmethod
+    def execute(cls, model, scale, rescale, blur_sigma, start_percent, end_percent, blocks, kind) -> io.NodeOutput:
+        check_range(SEG.node_id, "blur_sigma", blur_sigma, 0.1, INFINITE_SIGMA,
+                    f"use 0.1 to {INFINITE_SIGMA:g} ({INFINITE_SIGMA:g} = infinite)")
+        sigma = math.inf if blur_sigma >= INFINITE_SIGMA else blur_sigma
+        return _execute(SEG.node_id, SEG, model, scale, rescale, start_percent, end_percent, blocks, kind,
+                        blur_sigma=sigma)
+
+
+class AttnLabSkipLayerGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=SkipAttention.node_id,
+            display_name="Skip-Layer Guidance (attention)",
+            category="attention_lab/guidance",
+            description="Skip-layer guidance for DiTs (SD3.5, Flux, WAN, ...): a prediction with the selected "
+                        "blocks' attention skipped guides the sample, improving structure and anatomy. Stacked "
+                        "guidance nodes share one batched extra pass.",
+            inputs=[io.Model.Input("model", tooltip="A DiT model (SD3/3.5, Flux, WAN, HunyuanVideo, LTXV, Qwen)."),
+                    *_scale_inputs(3.0),
+                    *schedule_inputs((SELF, JOINT), apply_to=False, blocks_tooltip=DEFAULT_BLOCKS_TOOLTIP)],
+            outputs=[io.Model.Output(tooltip="The model with skip-layer guidance on its Attention Lab stack.")],
+        )
+
+    @classmethod
+    def execute(cls, model, scale, rescale, start_percent, end_percent, blocks, kind) -> io.NodeOutput:
+        family = family_of(model, SkipAttention.node_id)
+        if family.arch != DIT:
+            raise node_error(SkipAttention.node_id, "model", f"{family.label} is a UNet; skip-layer guidance "
+                             "skips DiT blocks", "use AttnLabPAG or AttnLabSEG on UNet models")
+        return _execute(SkipAttention.node_id, SkipAttention, model, scale, rescale, start_percent, end_percent,
+                        blocks, kind)
