@@ -58,6 +58,10 @@ class Effect:
         """Whether the effect takes part in a model call with this guidance ``plan`` (None: an ordinary call)."""
         return True
 
+    def may_apply(self, block, kind: str) -> bool:
+        """Cheap pre-filter before a Site is built: could the effect apply at this block and kind?"""
+        return self.schedule.blocks.matches(block) and (self.schedule.kinds is None or kind in self.schedule.kinds)
+
     def supports(self, site: Site) -> bool:
         return self.supported_kinds is None or site.kind in self.supported_kinds
 

@@ -57,10 +57,8 @@ class BlockTag:
     calls: int = 0
 
     def next_kind(self) -> str:
-        kinds = self.group.call_kinds
-        kind = kinds[min(self.calls, len(kinds) - 1)]
         self.calls += 1
-        return kind
+        return self.group.kind_at(self.calls - 1)
 
 
 def _schedule_progress(sigma: float, sample_sigmas) -> float | None:
@@ -107,7 +105,7 @@ class CallContext:
         calls = self._native[1] + 1 if self._native[0] == key else 0
         self._native = (key, calls)
         dit_group = next(g for g in self.family.dit_groups if g.group == group)
-        return BlockAddress(*key), dit_group.call_kinds[min(calls, len(dit_group.call_kinds) - 1)]
+        return BlockAddress(*key), dit_group.kind_at(calls)
 
     def _dit_where(self, to: dict) -> tuple[BlockAddress | None, str | None]:
         tag = to.get(TAG_KEY)
@@ -153,8 +151,7 @@ class CallContext:
         """Effects active in this model call whose blocks and kinds select (block, kind): a cheap pre-filter."""
         if block is None:
             return []
-        return [e for e in self.active if e.schedule.blocks.matches(block)
-                and (e.schedule.kinds is None or kind in e.schedule.kinds)]
+        return [e for e in self.active if e.may_apply(block, kind)]
 
     def site(self, block: BlockAddress, kind: str, q: torch.Tensor, k: torch.Tensor, heads: int, to: dict) -> Site:
         """The Site of a call whose q, k are in canonical b h n d layout."""

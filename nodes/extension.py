@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension
 
-from .guidance import AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance
+from .guidance import AttnLabNAG, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance
 from .inspect import AttnLabInspect
 from .temperature import AttnLabTemperature
 
-NODES = [AttnLabTemperature, AttnLabInspect, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance]
+NODES = [AttnLabTemperature, AttnLabInspect, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance, AttnLabNAG]
 
 
 class AttentionLabExtension(ComfyExtension):

@@ -22,6 +22,10 @@ class DitGroup:
     modules: str
     call_kinds: tuple[str, ...]
 
+    def kind_at(self, call_index: int) -> str:
+        """The attention kind of the block's ``call_index``-th attention call."""
+        return self.call_kinds[min(call_index, len(self.call_kinds) - 1)]
+
 
 @dataclass(frozen=True)
 class Family:
@@ -35,12 +39,22 @@ class Family:
     dit_groups: tuple[DitGroup, ...] = ()
     txt_first: bool = True  # joint sequence order on host 0.3.64
     native_groups: dict = field(default_factory=dict)  # host's block_type -> our group (newer hosts)
+    context_key: tuple[str, ...] = ("context_dim",)  # path in the unet config to the text context width
 
     @property
     def kinds(self) -> tuple[str, ...]:
         if self.arch == UNET:
             return (SELF, CROSS)
         return tuple(dict.fromkeys(k for g in self.dit_groups for k in g.call_kinds))
+
+    def context_dim(self, unet_config: dict) -> int | None:
+        """Width of the text context the model takes (what a CONDITIONING's last axis must be)."""
+        value = unet_config
+        for key in self.context_key:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return int(value)
 
     def group_for_replace(self, replace_kind: str) -> DitGroup | None:
         return next((g for g in self.dit_groups if g.replace_kind == replace_kind), None)
@@ -64,19 +78,22 @@ FAMILIES: tuple[Family, ...] = (
     Family("sd2", "SD2", UNET, ("SD20",), 768 * 768),
     Family("sdxl", "SDXL", UNET, ("SDXL", "SDXLRefiner"), 1024 * 1024),
     Family("sd3", "SD3 / SD3.5", DIT, ("SD3",), 1024 * 1024, patch=(1, 2, 2),
-           dit_groups=(DitGroup("double_block", "block", "joint_blocks", (JOINT, SELF)),)),
+           dit_groups=(DitGroup("double_block", "block", "joint_blocks", (JOINT, SELF)),),
+           context_key=("context_embedder_config", "params", "in_features")),
     Family("flux", "Flux", DIT, ("Flux",), 1024 * 1024, patch=(1, 2, 2), dit_groups=_FLUX_GROUPS,
-           native_groups={"double": "double", "single": "single"}),
+           native_groups={"double": "double", "single": "single"}, context_key=("context_in_dim",)),
     Family("wan21", "WAN 2.1 / 2.2", DIT, ("WAN21_T2V",), 832 * 480, patch=(1, 2, 2),
            dit_groups=(DitGroup("double_block", "block", "blocks", (SELF, CROSS, CROSS)),),
-           native_groups={"double": "block"}),
+           native_groups={"double": "block"}, context_key=("text_dim",)),
     HunyuanFamily("hunyuan_video", "HunyuanVideo", DIT, ("HunyuanVideo",), 720 * 1280, patch=(1, 2, 2),
-                  dit_groups=_FLUX_GROUPS, txt_first=False, native_groups={"double": "double", "single": "single"}),
+                  dit_groups=_FLUX_GROUPS, txt_first=False, native_groups={"double": "double", "single": "single"},
+                  context_key=("context_in_dim",)),
     Family("ltxv", "LTXV", DIT, ("LTXV",), 768 * 512, vae_scale=32,
-           dit_groups=(DitGroup("double_block", "block", "transformer_blocks", (SELF, CROSS)),)),
+           dit_groups=(DitGroup("double_block", "block", "transformer_blocks", (SELF, CROSS)),),
+           context_key=("caption_channels",)),
     Family("qwen_image", "Qwen-Image", DIT, ("QwenImage",), 1328 * 1328, patch=(1, 2, 2),
            dit_groups=(DitGroup("double_block", "block", "transformer_blocks", (JOINT,)),),
-           native_groups={"double": "block"}),
+           native_groups={"double": "block"}, context_key=("joint_attention_dim",)),
 )
 
 _BY_CONFIG = {config: family for family in FAMILIES for config in family.configs}

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 from comfy_api.latest import io
 
-from ..attention.guidance import PAG, SEG, SkipAttention
-from ..attention.site import JOINT, SELF
+from ..attention.guidance import NAG, PAG, SEG, SkipAttention
+from ..attention.site import CROSS, JOINT, SELF
 from .errors import node_error
 from .families import DIT, UNET, Family
 from .host import add_guidance, dit_block_count, family_of
@@ -133,3 +134,56 @@ class AttnLabSkipLayerGuidance(io.ComfyNode):
                              "skips DiT blocks", "use AttnLabPAG or AttnLabSEG on UNet models")
         return _execute(SkipAttention.node_id, SkipAttention, model, scale, rescale, start_percent, end_percent,
                         blocks, kind)
+
+
+def negative_context(model, family: Family, negative) -> torch.Tensor:
+    """The text context of a CONDITIONING, checked against the model's context width."""
+    if not negative or not hasattr(negative[0][0], "shape"):
+        raise node_error(NAG.node_id, "negative", "it holds no conditioning",
+                         "connect a CLIP Text Encode of the negative prompt")
+    context = negative[0][0]
+    want = family.context_dim(model.model.model_config.unet_config)
+    if want is not None and context.shape[-1] != want:
+        raise node_error(NAG.node_id, "negative", f"its text features are {context.shape[-1]} wide but this "
+                         f"{family.label} model takes {want}", "encode the negative prompt with this model's own "
+                         "text encoder (the CLIP from the same checkpoint or loader)")
+    return context
+
+
+class AttnLabNAG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NAG.node_id,
+            display_name="Normalized Attention Guidance",
+            category="attention_lab/guidance",
+            description="Normalized Attention Guidance (Chen et al. 2025): in cross-attention (and the image rows "
+                        "of joint attention) the output for the prompt is pushed away from the output for the "
+                        "negative prompt, norm-clipped and blended. Gives negative prompts to distilled and "
+                        "few-step models run at cfg 1. The negative context rides in the same batched call.",
+            inputs=[io.Model.Input("model", tooltip="The model to patch; it is cloned."),
+                    io.Conditioning.Input("negative", tooltip="The negative prompt, encoded with this model's "
+                                                              "own text encoder."),
+                    io.Float.Input("scale", default=5.0, min=1.0, max=SCALE_MAX, step=0.1,
+                                   tooltip="Extrapolation away from the negative output; 1 = off."),
+                    io.Float.Input("tau", default=2.5, min=1.0, max=10.0, step=0.05,
+                                   tooltip="Upper bound on how much the guided output's norm may grow over the "
+                                           "positive output's."),
+                    io.Float.Input("alpha", default=0.25, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Blend of guided (1) and plain (0) output; 0 = off."),
+                    *schedule_inputs((CROSS, JOINT), apply_to=False,
+                                     blocks_tooltip="Which blocks to guide; empty for all.")],
+            outputs=[io.Model.Output(tooltip="The model with NAG on its Attention Lab stack.")],
+        )
+
+    @classmethod
+    def execute(cls, model, negative, scale, tau, alpha, start_percent, end_percent, blocks,
+                kind) -> io.NodeOutput:
+        check_range(NAG.node_id, "scale", scale, 1.0, SCALE_MAX, "use 1 (off) to about 10; 5 is typical")
+        check_range(NAG.node_id, "tau", tau, 1.0, 10.0, "use 1 to 10; 2.5 is typical")
+        check_range(NAG.node_id, "alpha", alpha, 0.0, 1.0, "use 0 to 1; 0.25 is typical")
+        family = family_of(model, NAG.node_id)
+        context = negative_context(model, family, negative)
+        schedule = build_schedule(NAG.node_id, model, family, start_percent, end_percent, blocks, kind)
+        effect = NAG(schedule, context, scale=scale, tau=tau, alpha=alpha)
+        return io.NodeOutput(add_guidance(model, effect, NAG.node_id))

@@ -12,16 +12,53 @@ import threading
 
 import torch
 
-from ..attention.guidance import Perturbation
-from .dispatch import PLAN_KEY, STACK_KEY
+from ..attention.guidance import NAG, NegativeChunk, Perturbation
+from .dispatch import PLAN_KEY, STACK_KEY, warn_once
 _stash = threading.local()
 
 
-def active_perturbations(options: dict, sigma: float) -> tuple[Perturbation, ...]:
+def active_guidance(options: dict, sigma: float, kinds=(Perturbation, NAG)) -> tuple:
+    """The stack's guidance effects (perturbations, NAG) active at ``sigma``, in stack order."""
     stack = options.get("transformer_options", {}).get(STACK_KEY)
     if stack is None:
         return ()
-    return tuple(e for e in stack.live if isinstance(e, Perturbation) and e.schedule.active_at(sigma))
+    return tuple(e for e in stack.live if isinstance(e, kinds) and e.schedule.active_at(sigma))
+
+
+def _companion(cond: list, context: torch.Tensor) -> list:
+    """The positive cond with its text context swapped for a negative one (for NAG's companion chunk)."""
+    import comfy.conds
+    out = []
+    for c in cond:
+        model_conds = dict(c["model_conds"], c_crossattn=comfy.conds.CONDCrossAttn(context))
+        if "attention_mask" in model_conds:  # a text mask (LTXV, HunyuanVideo): all negative tokens are valid
+            model_conds["attention_mask"] = comfy.conds.CONDRegular(torch.ones(context.shape[:2], dtype=torch.long))
+        out.append({**c, "model_conds": model_conds})
+    return out
+
+
+def _batches_with(cond: list, context: torch.Tensor) -> bool:
+    """Whether the host will put a chunk with this text context into the same model call as ``cond``."""
+    import comfy.conds
+    own = cond[0]["model_conds"].get("c_crossattn")
+    return own is None or comfy.conds.CONDCrossAttn(context).can_concat(own)
+
+
+def _usable(effect, cond: list) -> bool:
+    if not isinstance(effect, NAG) or _batches_with(cond, effect.negative_context):
+        return True
+    length = effect.negative_context.shape[1]
+    warn_once(("nag-length", length), "Attention Lab: NAG skipped: the negative prompt encodes to %d tokens, which "
+              "the host will not batch with the prompt's %d (NAG needs both in one model call). Make the two prompts "
+              "encode to the same length (shorten the longer one).", length, cond[0]["model_conds"]["c_crossattn"]
+              .cond.shape[1])
+    return False
+
+
+def _chunk(effect, cond: list):
+    if isinstance(effect, NAG):
+        return NegativeChunk(effect), _companion(cond, effect.negative_context)
+    return effect, cond
 
 
 def _with_plan(options: dict, plan: tuple) -> dict:
@@ -33,21 +70,19 @@ def guidance_batch_wrapper(executor, model, conds, x_in, timestep, model_options
     to = model_options.get("transformer_options", {})
     if PLAN_KEY in to or len(conds) != 2 or conds[0] is None:
         return executor(model, conds, x_in, timestep, model_options)
-    plan = active_perturbations(model_options, float(timestep.max()))
-    if not plan:
+    effects = tuple(e for e in active_guidance(model_options, float(timestep.max())) if _usable(e, conds[0]))
+    if not effects:
         return executor(model, conds, x_in, timestep, model_options)
-    out = executor(model, list(conds) + [conds[0]] * len(plan), x_in, timestep,
-                   _with_plan(model_options, (None, None) + plan))
-    _stash.entry = (x_in, plan, out[2:])
+    plan, extra = zip(*(_chunk(e, conds[0]) for e in effects))
+    out = executor(model, list(conds) + list(extra), x_in, timestep, _with_plan(model_options, (None, None) + plan))
+    _stash.entry = (x_in, [(p, pred) for p, pred in zip(plan, out[2:]) if isinstance(p, Perturbation)])
     return out[:2]
 
 
-def _take(x: torch.Tensor):
+def _take(x: torch.Tensor) -> list | None:
     entry = getattr(_stash, "entry", None)
     _stash.entry = None
-    if entry is not None and entry[0] is x:
-        return entry[1], entry[2]
-    return None, None
+    return entry[1] if entry is not None and entry[0] is x else None
 
 
 def perturbed_predictions(model, cond, x, sigma, options, plan) -> list:
@@ -61,15 +96,26 @@ def perturbed_predictions(model, cond, x, sigma, options, plan) -> list:
 def apply_guidance(args: dict) -> torch.Tensor:
     """Post-CFG: denoised + sum of scale_i * (cond - perturbed_i), each with its rescale."""
     denoised, x = args["denoised"], args["input"]
-    plan, preds = _take(x)
-    if plan is None:
-        plan = active_perturbations(args["model_options"], float(args["sigma"].max()))
-        if not plan:
-            return denoised
-        preds = perturbed_predictions(args["model"], args["cond"], x, args["sigma"], args["model_options"], plan)
-    for perturbation, pred in zip(plan, preds):
+    pairs = _take(x)
+    if pairs is None:
+        pairs = _fallback(args)
+    for perturbation, pred in pairs:
         denoised = perturbation.guide(denoised, args["cond_denoised"], pred)
     return denoised
+
+
+def _fallback(args: dict) -> list:
+    """When the main call did not carry the guidance chunks: perturbations in one extra call; NAG cannot run."""
+    sigma = float(args["sigma"].max())
+    if active_guidance(args["model_options"], sigma, kinds=(NAG,)):
+        warn_once("nag-main-call", "Attention Lab: NAG needs the sampler's own cond pass, which another node "
+                  "replaced here; NAG is skipped. Put NAG where the sampler's normal cond/uncond call runs.")
+    plan = active_guidance(args["model_options"], sigma, kinds=(Perturbation,))
+    if not plan:
+        return []
+    preds = perturbed_predictions(args["model"], args["cond"], args["input"], args["sigma"], args["model_options"],
+                                  plan)
+    return list(zip(plan, preds))
 
 
 apply_guidance._attnlab = True

@@ -26,8 +26,14 @@ from tools.workflow_format import RunError, WorkflowError, is_ui_format, spec_fr
 log = logging.getLogger("attnlab.run")
 WORKFLOWS = hostenv.PACK_ROOT / "workflows"
 DEFAULT_WORKFLOW = "temperature_sd15"
+# loader class -> (widget naming the file, runner node standing in for it without a checkpoint)
+LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", "AttnLabRunnerTinyModel"),
+           "UNETLoader": ("unet_name", "AttnLabRunnerTinyModel"),
+           "CLIPLoader": ("clip_name1", "AttnLabRunnerTinyCLIP"),
+           "DualCLIPLoader": ("clip_name1", "AttnLabRunnerTinyCLIP"),
+           "VAELoader": ("vae_name", "AttnLabRunnerTinyVAE")}
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple": "ckpt_name"}
-TINY_LOADER = "AttnLabRunnerTinySD15"
+TINY_BY_NAME = (("sd3", "sd3"), ("flux", "flux"))  # model-file-name fragment -> tiny family; else sd15
 TINY_MAX_SIDE = 256  # the tiny model draws noise at any size: keep smoke runs quick
 
 
@@ -64,20 +70,50 @@ def read(path: Path) -> dict:
 
 
 # -- the runner-only tiny loader ------------------------------------------------------------------------------
-class RunnerTinySD15:
-    """Runner-only node (never registered by the pack): a tiny random-weight SD1.5 MODEL, CLIP and VAE."""
+class RunnerTinyModel:
+    """Runner-only node (never registered by the pack): a tiny random-weight MODEL, CLIP and VAE."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}}
+        from tools.tiny_models import BUNDLES
+        return {"required": {"family": (list(BUNDLES),)}}
 
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
     FUNCTION = "load"
     CATEGORY = "attention_lab/testing"
 
-    def load(self):
-        from tools.tiny_models import tiny_sd15_bundle
-        return tiny_sd15_bundle(seed=0)
+    def load(self, family):
+        from tools.tiny_models import tiny_bundle
+        return tiny_bundle(family, seed=0)
+
+
+class RunnerTinyCLIP(RunnerTinyModel):
+    """Runner-only: the tiny bundle's CLIP alone (stands in for CLIP loaders)."""
+
+    RETURN_TYPES = ("CLIP",)
+
+    def load(self, family):
+        return (super().load(family)[1],)
+
+
+class RunnerTinyVAE(RunnerTinyModel):
+    """Runner-only: the tiny bundle's VAE alone (stands in for VAE loaders)."""
+
+    RETURN_TYPES = ("VAE",)
+
+    def load(self, family):
+        return (super().load(family)[2],)
+
+
+RUNNER_NODES = {"AttnLabRunnerTinyModel": RunnerTinyModel, "AttnLabRunnerTinyCLIP": RunnerTinyCLIP,
+                "AttnLabRunnerTinyVAE": RunnerTinyVAE}
+
+
+def tiny_family_for(prompt: dict) -> str:
+    """The tiny family standing in for the workflow's model, from its model file names."""
+    names = " ".join(str(n["inputs"].get(LOADERS[n["class_type"]][0], "")) for n in prompt.values()
+                     if n["class_type"] in ("CheckpointLoaderSimple", "UNETLoader")).lower()
+    return next((family for fragment, family in TINY_BY_NAME if fragment in names), "sd15")
 
 
 def load_host_nodes():
@@ -88,7 +124,8 @@ def load_host_nodes():
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     if "AttnLabTemperature" not in nodes.NODE_CLASS_MAPPINGS:
         asyncio.run(nodes.load_custom_node(str(hostenv.PACK_ROOT), ignore=set(nodes.NODE_CLASS_MAPPINGS)))
-    nodes.NODE_CLASS_MAPPINGS.setdefault(TINY_LOADER, RunnerTinySD15)
+    for name, cls in RUNNER_NODES.items():
+        nodes.NODE_CLASS_MAPPINGS.setdefault(name, cls)
     return nodes.NODE_CLASS_MAPPINGS
 
 
@@ -108,23 +145,30 @@ def to_api(workflow: dict, spec) -> dict:
 
 # -- preparing the prompt -------------------------------------------------------------------------------------
 def point_at_checkpoint(prompt: dict, checkpoint: str | None) -> None:
-    """Use the user's checkpoint file, or swap checkpoint loaders for the tiny model when none is given."""
-    loaders = [n for n in prompt.values() if n["class_type"] in CHECKPOINT_LOADERS]
+    """Use the user's checkpoint file, or swap model loaders for tiny models when none is given."""
     if checkpoint is None:
-        for node in loaders:
-            node.update(class_type=TINY_LOADER, inputs={})
-        if loaders:
-            log.warning("no --checkpoint given: running on a tiny random-weight SD1.5 model (images are noise, "
-                        "sizes capped at %dpx)", TINY_MAX_SIDE)
-            cap_sizes(prompt, TINY_MAX_SIDE)
+        use_tiny_models(prompt)
         return
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise RunError(f"checkpoint file not found: {path}")
     import folder_paths
     folder_paths.add_model_folder_path("checkpoints", str(path.parent.resolve()), is_default=True)
+    for node in prompt.values():
+        if node["class_type"] in CHECKPOINT_LOADERS:
+            node["inputs"][CHECKPOINT_LOADERS[node["class_type"]]] = path.name
+
+
+def use_tiny_models(prompt: dict) -> None:
+    loaders = [n for n in prompt.values() if n["class_type"] in LOADERS]
+    if not loaders:
+        return
+    family = tiny_family_for(prompt)
     for node in loaders:
-        node["inputs"][CHECKPOINT_LOADERS[node["class_type"]]] = path.name
+        node.update(class_type=LOADERS[node["class_type"]][1], inputs={"family": family})
+    log.warning("no --checkpoint given: running on a tiny random-weight %s model (images are noise, sizes capped at "
+                "%dpx)", family, TINY_MAX_SIDE)
+    cap_sizes(prompt, TINY_MAX_SIDE)
 
 
 def cap_sizes(prompt: dict, side: int) -> None:

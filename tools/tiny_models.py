@@ -104,24 +104,26 @@ def _sdxl(seed):
     return TinyModel("sdxl", patcher_from_config(sm.SDXL, config, seed), (4, 16, 16), 64, extras=_pooled(32))
 
 
-def _sd3(seed):
+def _sd3(seed, context_dim=48, pooled_dim=32):
     import comfy.supported_models as sm
     # MMDiT: hidden = 64 x depth, heads = depth; SD3.5M-style extra self-attention in block 0.
-    config = {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "adm_in_channels": 32,
-              "pos_embed_scaling_factor": None, "pos_embed_max_size": 16, "num_patches": 256,
+    config = {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "adm_in_channels": pooled_dim,
+              "pos_embed_scaling_factor": None, "pos_embed_max_size": 64, "num_patches": 4096,
               "context_embedder_config": {"target": "torch.nn.Linear",
-                                          "params": {"in_features": 48, "out_features": 128}},
+                                          "params": {"in_features": context_dim, "out_features": 128}},
               "x_block_self_attn_layers": [0], "qk_norm": "rms"}
-    return TinyModel("sd3", patcher_from_config(sm.SD3, config, seed), (16, 8, 8), 48, extras=_pooled(32))
+    return TinyModel("sd3", patcher_from_config(sm.SD3, config, seed), (16, 8, 8), context_dim,
+                     extras=_pooled(pooled_dim))
 
 
-def _flux(seed):
+def _flux(seed, context_dim=48, pooled_dim=32):
     import comfy.supported_models as sm
     config = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16,
-              "patch_size": 2, "vec_in_dim": 32, "context_in_dim": 48, "hidden_size": 64, "mlp_ratio": 2.0,
-              "num_heads": 4, "depth": 2, "depth_single_blocks": 2, "axes_dim": [4, 6, 6], "theta": 10000,
-              "qkv_bias": True}
-    return TinyModel("flux", patcher_from_config(sm.Flux, config, seed), (16, 8, 8), 48, extras=_pooled(32, guidance=3.5))
+              "patch_size": 2, "vec_in_dim": pooled_dim, "context_in_dim": context_dim, "hidden_size": 64,
+              "mlp_ratio": 2.0, "num_heads": 4, "depth": 2, "depth_single_blocks": 2, "axes_dim": [4, 6, 6],
+              "theta": 10000, "qkv_bias": True}
+    return TinyModel("flux", patcher_from_config(sm.Flux, config, seed), (16, 8, 8), context_dim,
+                     extras=_pooled(pooled_dim, guidance=3.5))
 
 
 def _wan21(seed):
@@ -199,18 +201,30 @@ def tiny_sd1_clip(seed: int = 0):
     return clip
 
 
-def tiny_sd_vae(seed: int = 0):
-    """A comfy.sd.VAE with a tiny AutoencoderKL: 4 latent channels, 8x downscale."""
+def tiny_sd_vae(seed: int = 0, latent_channels: int = 4):
+    """A comfy.sd.VAE with a tiny AutoencoderKL: ``latent_channels`` latent channels, 8x downscale."""
     import comfy.ldm.models.autoencoder as ae
     import comfy.sd
 
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
-                "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
-    model = ae.AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    ddconfig = {"double_z": True, "z_channels": latent_channels, "resolution": 64, "in_channels": 3, "out_ch": 3,
+                "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    model = ae.AutoencoderKL(ddconfig=ddconfig, embed_dim=latent_channels)
     init_weights_(model, seed)
-    return comfy.sd.VAE(sd=model.state_dict(), config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
+    vae = comfy.sd.VAE(sd=model.state_dict(), config={"params": {"ddconfig": ddconfig, "embed_dim": latent_channels}})
+    vae.latent_channels = latent_channels
+    return vae
 
 
-def tiny_sd15_bundle(seed: int = 0):
+# family -> (model builder taking the tiny SD1 CLIP's widths, latent channels of its VAE)
+BUNDLES = {"sd15": (lambda seed: build("sd15", seed), 4),
+           "sd3": (lambda seed: _sd3(seed, context_dim=64, pooled_dim=64), 16),
+           "flux": (lambda seed: _flux(seed, context_dim=64, pooled_dim=64), 16)}
+
+
+def tiny_bundle(family: str = "sd15", seed: int = 0):
     """(ModelPatcher, CLIP, VAE) that work together in a CLIPTextEncode -> KSampler -> VAEDecode graph."""
-    return build("sd15", seed).patcher, tiny_sd1_clip(seed), tiny_sd_vae(seed)
+    if family not in BUNDLES:
+        raise ValueError(f"no tiny bundle for '{family}'; known: {', '.join(BUNDLES)}")
+    make_model, channels = BUNDLES[family]
+    return make_model(seed).patcher, tiny_sd1_clip(seed), tiny_sd_vae(seed, channels)
+

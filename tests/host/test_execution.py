@@ -23,8 +23,8 @@ class TestTinySD15:
     CATEGORY = "testing"
 
     def load(self):
-        from tools.tiny_models import tiny_sd15_bundle
-        return tiny_sd15_bundle(seed=0)
+        from tools.tiny_models import tiny_bundle
+        return tiny_bundle("sd15", seed=0)
 
 
 class TestLatentSink:

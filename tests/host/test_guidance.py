@@ -155,3 +155,56 @@ def test_bad_input(call, inp, fragment, tiny):
     with pytest.raises(ValueError) as err:
         call(tiny("sd15").patcher)
     assert f"input '{inp}'" in str(err.value) and fragment in str(err.value) and "Fix:" in str(err.value)
+
+
+def nag(model, negative, scale=5.0, tau=2.5, alpha=0.5, blocks=""):
+    from attention_lab.nodes.guidance import AttnLabNAG
+    return AttnLabNAG.execute(model, negative, scale, tau, alpha, 0.0, 1.0, blocks, "all").args[0]
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux", "wan21"])
+def test_nag_with_the_positive_as_negative_changes_nothing(family, tiny, sample):
+    t = tiny(family)
+    positive = t.conditioning(seed=3)
+    # The baseline holds a do-nothing chunk too, so both runs batch two items (float32 kernels depend on batch).
+    base = sample(noop(t.patcher), t, cfg=1.0, positive=positive)
+    torch.testing.assert_close(base, sample(t.patcher, t, cfg=1.0, positive=positive), rtol=1e-5, atol=1e-4)
+    same = sample(nag(t.patcher, positive), t, cfg=1.0, positive=positive)
+    # NAG's negative-context attention runs as extra items of the same kernel call: float32 noise only.
+    torch.testing.assert_close(same, base, rtol=1e-5, atol=1e-4)
+    other = sample(nag(t.patcher, t.conditioning(seed=9)), t, cfg=1.0, positive=positive)
+    assert (other - base).abs().max() > 1e-3
+
+
+def test_nag_skips_with_a_warning_when_the_host_cannot_batch_the_negative(tiny, sample, caplog, fresh_warnings):
+    import logging
+    t = tiny("sd15")
+    positive = t.conditioning(seed=3)
+    with caplog.at_level(logging.WARNING, logger="attnlab"):
+        out = sample(nag(t.patcher, t.conditioning(seed=9, length=5)), t, cfg=1.0, positive=positive)
+    assert torch.equal(out, sample(t.patcher, t, cfg=1.0, positive=positive))
+    assert "NAG skipped: the negative prompt encodes to 5 tokens" in caplog.text
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_nag_reaches_every_family(family, tiny, sample):
+    t = tiny(family)
+    positive = t.conditioning(seed=3)
+    negative = t.conditioning(seed=9)
+    base = sample(t.patcher, t, cfg=1.0, steps=2, positive=positive)
+    assert not torch.equal(sample(nag(t.patcher, negative), t, cfg=1.0, steps=2, positive=positive), base)
+
+
+def test_nag_and_pag_share_the_one_call(tiny, sample):
+    t = tiny("flux")
+    model, calls = counting(pag(nag(t.patcher, t.conditioning(seed=9))))
+    sample(model, t, cfg=1.0, steps=2)
+    assert [b for _, b in calls] == [3, 3], "cond + NAG's negative companion + PAG's perturbed chunk"
+
+
+def test_nag_refuses_a_negative_from_another_encoder(tiny):
+    t = tiny("sd15")
+    wrong = [[torch.zeros(1, 7, 4096), {}]]
+    with pytest.raises(ValueError, match=r"AttnLabNAG: input 'negative': its text features are 4096 wide but this "
+                                         r"SD1.5 model takes 64.*Fix: encode"):
+        nag(t.patcher, wrong)

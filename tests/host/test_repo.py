@@ -63,3 +63,12 @@ def test_registry_metadata():
     assert meta["project"]["dependencies"] == []
     assert meta["tool"]["comfy"]["requires-comfyui"].startswith(">=")
     assert meta["tool"]["comfy"]["web"] == "js"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_files_are_what_the_authoring_code_writes(path, registry):
+    from tools.example_workflows import EXAMPLES, build
+    assert path.stem in EXAMPLES, "author it in tools/example_workflows.py"
+    expected = build(path.stem, registry).to_json(path.stem)
+    assert json.loads(path.read_text()) == json.loads(json.dumps(expected)), \
+        "run: python -m tools.example_workflows"

@@ -19,14 +19,19 @@ def mapping():
 def test_ui_format_widgets_map_by_position_skipping_seed_control(mapping):
     wf = json.loads(run_workflow.resolve("temperature_sd15").read_text())
     api = ui_to_api(wf, run_workflow.local_spec(mapping))
-    ks = api["6"]["inputs"]
-    assert (ks["seed"], ks["steps"], ks["cfg"], ks["sampler_name"], ks["scheduler"], ks["denoise"]) == \
-        (42, 20, 7.0, "euler", "normal", 1.0)
-    assert ks["model"] == ["1", 0] and ks["latent_image"] == ["4", 0]
-    t = api["5"]["inputs"]
+    by_class = {}
+    for node_id, node in api.items():
+        by_class.setdefault(node["class_type"], []).append((node_id, node["inputs"]))
+    (loader, _), = by_class["CheckpointLoaderSimple"]
+    (latent, _), = by_class["EmptyLatentImage"]
+    (temp_id, t), = by_class["AttnLabTemperature"]
+    plain = next(inputs for _, inputs in by_class["KSampler"] if inputs["model"] == [loader, 0])
+    assert (plain["seed"], plain["steps"], plain["cfg"], plain["sampler_name"], plain["scheduler"],
+            plain["denoise"]) == (42, 20, 7.0, "euler", "normal", 1.0)
+    assert plain["latent_image"] == [latent, 0]
     assert (t["scale"], t["mode"], t["train_resolution"], t["kind"], t["apply_to"]) == (1.0, "resolution", 512,
                                                                                          "self", "both")
-    assert "13" not in api, "notes are front-end only"
+    assert not any(n["class_type"] == "MarkdownNote" for n in api.values()), "notes are front-end only"
 
 
 def _tiny_graph():
@@ -84,7 +89,7 @@ def test_broken_files_give_their_own_error(content, fragment, tmp_path):
 def test_unknown_name_and_missing_checkpoint(tmp_path, capsys):
     assert run_workflow.main(["--workflow", "nope", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown workflow 'nope'; available: temperature_sd15" in err[0]
+    assert len(err) == 1 and "unknown workflow 'nope'; available:" in err[0] and "temperature_sd15" in err[0]
     with pytest.raises(RunError, match="checkpoint file not found"):
         run_workflow.run("temperature_sd15", tmp_path, checkpoint=str(tmp_path / "missing.safetensors"))
 
@@ -141,6 +146,7 @@ def test_server_mode_submits_polls_and_downloads(tmp_path, mapping):
     finally:
         server.shutdown()
         server.server_close()
-    assert _FakeComfy.submitted[-1]["6"]["inputs"]["steps"] == 2
+    samplers = [n for n in _FakeComfy.submitted[-1].values() if n["class_type"] == "KSampler"]
+    assert len(samplers) == 2 and all(n["inputs"]["steps"] == 2 for n in samplers)
     assert [f.name for f in result.files] == ["temperature_sd15_9_0.png"]
     assert result.files[0].read_bytes() == b"\x89PNG fake"

@@ -21,11 +21,12 @@ def test_text_length_can_vary(family, tiny, sample):
     assert torch.isfinite(out).all()
 
 
-def test_sd15_bundle_encodes_samples_and_decodes():
+@pytest.mark.parametrize("family,channels", [("sd15", 4), ("sd3", 16)])
+def test_bundle_encodes_samples_and_decodes(family, channels):
     import comfy.sample
-    model, clip, vae = tiny_models.tiny_sd15_bundle(seed=0)
+    model, clip, vae = tiny_models.tiny_bundle(family, seed=0)
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a red circle on the left"))
-    latent = torch.zeros(1, 4, 8, 8)
+    latent = torch.zeros(1, channels, 8, 8)
     out = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), 2, 4.0, "euler", "normal", cond, cond,
                               latent, seed=0, disable_pbar=True)
     image = vae.decode(out)

@@ -1,0 +1,116 @@
+"""The example workflows in workflows/, authored in code: `python -m tools.example_workflows` rewrites them.
+
+A host-tier test checks that the files equal what this writes, so examples cannot drift from the nodes.
+"""
+from __future__ import annotations
+
+import logging
+
+from tools import hostenv
+from tools.workflow_builder import Graph
+
+WORKFLOWS = hostenv.PACK_ROOT / "workflows"
+SAMPLER = ["euler", "normal", 1.0]
+
+
+def _text_to_image(g: Graph, checkpoint: str, prompt: str, negative: str, latent_node: str, size: int):
+    ckpt = g.add("CheckpointLoaderSimple", [checkpoint], title="Load Checkpoint", column=0)
+    pos = g.add("CLIPTextEncode", [prompt], title="Positive", clip=(ckpt, 1))
+    neg = g.add("CLIPTextEncode", [negative], title="Negative", clip=(ckpt, 1))
+    latent = g.add(latent_node, [size, size, 1], column=1)
+    return ckpt, pos, neg, latent
+
+
+def _sample_and_save(g: Graph, model, pos, neg, latent, vae, prefix: str, steps: int, cfg: float, title: str):
+    sampler = g.add("KSampler", [42, "fixed", steps, cfg, *SAMPLER], title=title, model=model, positive=pos,
+                    negative=neg, latent_image=latent)
+    image = g.add("VAEDecode", samples=(sampler, 0), vae=vae)
+    g.add("SaveImage", [prefix], images=(image, 0))
+
+
+def temperature_sd15(g: Graph) -> None:
+    ckpt, pos, neg, latent = _text_to_image(
+        g, "v1-5-pruned-emaonly.safetensors", "a lighthouse on a rocky cliff at sunset, crashing waves, detailed",
+        "blurry, lowres, duplicated, tiled", "EmptyLatentImage", 1024)
+    temp = g.add("AttnLabTemperature", [1.0, "resolution", 512, 0.0, 1.0, "", "self", "both"], model=(ckpt, 0))
+    g.add("AttnLabInspect", model=(temp, 0), latent=(latent, 0))
+    _sample_and_save(g, (ckpt, 0), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), "attnlab_plain", 20, 7.0,
+                     "KSampler (plain)")
+    _sample_and_save(g, (temp, 0), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), "attnlab_temperature", 20, 7.0,
+                     "KSampler (temperature)")
+    g.note("## Attention temperature at high resolution\n\nSD1.5 was trained at 512x512. At 1024x1024 each "
+           "self-attention spreads over 4x the keys and its entropy rises: repeated, tiled subjects. "
+           "**AttnLabTemperature** in `resolution` mode multiplies the self-attention logits at every site by "
+           "sqrt(log N / log N_train) (Jin et al. 2023), restoring the entropy of the training size.\n\nBoth samplers "
+           "share the seed: compare `attnlab_plain` with `attnlab_temperature`. **AttnLabInspect** lists the "
+           "model's attention sites and the stack.")
+
+
+def guidance_pag_seg_sdxl(g: Graph) -> None:
+    ckpt, pos, neg, latent = _text_to_image(
+        g, "sd_xl_base_1.0.safetensors", "a portrait of an old fisherman, weathered face, knitted cap, soft light",
+        "blurry, deformed, lowres", "EmptyLatentImage", 1024)
+    pag = g.add("AttnLabPAG", [3.0, 0.0, 0.0, 1.0, "", "all"], model=(ckpt, 0))
+    seg = g.add("AttnLabSEG", [2.0, 0.0, 10.0, 0.0, 1.0, "", "all"], model=(pag, 0))
+    _sample_and_save(g, (ckpt, 0), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), "attnlab_cfg_only", 25, 5.0,
+                     "KSampler (CFG only)")
+    _sample_and_save(g, (seg, 0), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), "attnlab_pag_seg", 25, 5.0,
+                     "KSampler (CFG + PAG + SEG)")
+    g.note("## PAG and SEG on SDXL, in one extra pass\n\n**AttnLabPAG** (identity self-attention) and "
+           "**AttnLabSEG** (queries blurred over the image grid) each guide away from a perturbed prediction. "
+           "Stacked, their perturbed predictions run as extra chunks of the same model call as cond and uncond, "
+           "so two guidances cost one batch, not two passes. Empty `blocks` = the middle block, as core's PAG.")
+
+
+def slg_sd35(g: Graph) -> None:
+    ckpt, pos, neg, latent = _text_to_image(
+        g, "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors", "a hand holding a glass of water, studio photo",
+        "blurry, extra fingers", "EmptySD3LatentImage", 1024)
+    slg = g.add("AttnLabSkipLayerGuidance", [3.0, 0.0, 0.01, 0.15, "", "all"], model=(ckpt, 0))
+    _sample_and_save(g, (slg, 0), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), "attnlab_slg", 30, 4.5,
+                     "KSampler (skip-layer guidance)")
+    g.note("## Skip-layer guidance on SD3.5\n\n**AttnLabSkipLayerGuidance** guides away from a prediction whose "
+           "selected blocks' attention is skipped, early in the schedule (1%-15%), which firms up anatomy. Empty "
+           "`blocks` = the middle block; set e.g. `block.7-9` to choose.")
+
+
+def nag_flux_cfg1(g: Graph) -> None:
+    unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"], title="Load Flux", column=0)
+    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], column=0)
+    vae = g.add("VAELoader", ["ae.safetensors"], column=0)
+    pos = g.add("CLIPTextEncode", ["a cozy reading nook by a rainy window, warm lamp light"], title="Positive",
+                clip=(clip, 0))
+    neg = g.add("CLIPTextEncode", ["people, text, watermark, cartoon"], title="Negative (for NAG)", clip=(clip, 0))
+    guided = g.add("FluxGuidance", [3.5], conditioning=(pos, 0))
+    latent = g.add("EmptySD3LatentImage", [1024, 1024, 1], column=1)
+    nag = g.add("AttnLabNAG", [5.0, 2.5, 0.25, 0.0, 1.0, "", "all"], model=(unet, 0), negative=(neg, 0))
+    _sample_and_save(g, (nag, 0), (guided, 0), (neg, 0), (latent, 0), (vae, 0), "attnlab_nag", 20, 1.0,
+                     "KSampler (cfg 1 + NAG)")
+    g.note("## A negative prompt for Flux at cfg 1\n\nFlux dev is guidance-distilled and runs at cfg 1, where the "
+           "sampler ignores the negative prompt. **AttnLabNAG** applies it inside attention instead (Normalized "
+           "Attention Guidance): the prompt's attention output is pushed away from the negative's, norm-clipped and "
+           "blended, in the same model call.")
+
+
+EXAMPLES = {"temperature_sd15": temperature_sd15, "guidance_pag_seg_sdxl": guidance_pag_seg_sdxl,
+            "slg_sd35": slg_sd35, "nag_flux_cfg1": nag_flux_cfg1}
+
+
+def build(name: str, mapping) -> Graph:
+    g = Graph(mapping)
+    EXAMPLES[name](g)
+    return g
+
+
+def main() -> int:
+    from tools.run_workflow import load_host_nodes
+    logging.basicConfig(level=logging.WARNING)
+    hostenv.bootstrap()
+    mapping = load_host_nodes()
+    for name in EXAMPLES:
+        build(name, mapping).write(WORKFLOWS / f"{name}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
