@@ -42,7 +42,11 @@ def counting(model):
 def test_scale_zero_is_exact(family, tiny, sample):
     t = tiny(family)
     base = sample(t.patcher, t)
-    for model in (pag(t.patcher, 0.0), seg(t.patcher, 0.0)) + ((slg(t.patcher, 0.0),) if family == "flux" else ()):
+    neutral = [pag(t.patcher, 0.0), seg(t.patcher, 0.0), nag(t.patcher, t.conditioning(seed=9), scale=1.0),
+               nag(t.patcher, t.conditioning(seed=9), alpha=0.0)]
+    if family == "flux":
+        neutral.append(slg(t.patcher, 0.0))
+    for model in neutral:
         assert torch.equal(sample(model, t), base)
 
 

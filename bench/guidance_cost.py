@@ -1,0 +1,108 @@
+"""Guidance cost: AttnLabPAG against core's PerturbedAttentionGuidance, and PAG+SEG stacked (one batched pass)
+against two separate extra passes, measured in the same run (medians of round-robin repeats).
+
+Variants on SD1.5-sized shapes (real UNet widths, 64x64 latent) and a Flux-shaped block stack, cfg > 1:
+  cfg              plain CFG (the cond/uncond call only)
+  core-pag         core's PAG: one extra model call per step (UNet only)
+  pag              AttnLabPAG: its perturbed chunk joins the cond/uncond call
+  two-passes       two perturbations as two separate extra calls per step (what stacking costs elsewhere)
+  pag+seg          AttnLabPAG + AttnLabSEG: both chunks join the cond/uncond call
+Goals (issue: guidance): pag <= 1.02x core-pag; (pag+seg - cfg) <= 0.75x (two-passes - cfg).
+On a CPU, compute grows linearly with the batch, so batching saves launch and memory traffic only; the
+saving the goal counts on comes from GPU utilisation at small batches. The table says which device ran.
+
+    python -m bench.guidance_cost [--steps 2] [--repeats 3] [--quick] [--only sd15|flux]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from bench.engine_overhead import RESULTS, flux_model, sample, sd15_model
+from tools import hostenv
+
+
+def _separate_passes(base, count: int):
+    """``count`` identity-attention perturbations, each in its own extra call (core PAG's way), at middle.0."""
+    from comfy_extras.nodes_pag import PerturbedAttentionGuidance
+    m = base
+    for _ in range(count):
+        m = PerturbedAttentionGuidance.execute(m, 1.5).args[0]
+    return m
+
+
+def variants(base, family: str) -> dict:
+    from attention_lab.nodes.guidance import AttnLabPAG, AttnLabSEG
+    pag = AttnLabPAG.execute(base, 3.0, 0.0, 0.0, 1.0, "", "all").args[0]
+    out = {"cfg": base, "pag": pag,
+           "pag+seg": AttnLabSEG.execute(pag, 3.0, 0.0, 10.0, 0.0, 1.0, "", "all").args[0]}
+    if family == "sd15":
+        out["core-pag"] = _separate_passes(base, 1)
+        out["two-passes"] = _separate_passes(base, 2)
+    return out
+
+
+def measure(name: str, family: str, model, args) -> dict:
+    patcher, latent, cond = model
+    runs = variants(patcher, family)
+    for p in runs.values():
+        sample(p, latent, cond, args.steps, args.cfg)
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for k, p in runs.items():
+            start = time.perf_counter()
+            sample(p, latent, cond, args.steps, args.cfg)
+            times[k].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {"model": name, "medians_s": med, "raw_s": times}
+    if "core-pag" in med:
+        out["pag_vs_core"] = med["pag"] / med["core-pag"]
+        out["stacked_extra_vs_two_passes_extra"] = (med["pag+seg"] - med["cfg"]) / (med["two-passes"] - med["cfg"])
+    return out
+
+
+def table(result: dict) -> str:
+    lines = [f"\n{result['model']}: median of {len(result['raw_s']['cfg'])} repeats",
+             f"  {'variant':<11} {'median s':>9} {'vs cfg':>7}"]
+    cfg = result["medians_s"]["cfg"]
+    lines += [f"  {k:<11} {t:9.3f} {t / cfg:7.3f}" for k, t in result["medians_s"].items()]
+    if "pag_vs_core" in result:
+        r1, r2 = result["pag_vs_core"], result["stacked_extra_vs_two_passes_extra"]
+        lines.append(f"  pag / core-pag = {r1:.3f} (goal <= 1.02: {'met' if r1 <= 1.02 else 'MISSED'})")
+        lines.append(f"  extra cost of pag+seg / extra cost of two passes = {r2:.3f} "
+                     f"(goal <= 0.75: {'met' if r2 <= 0.75 else 'MISSED'})")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", choices=["sd15", "flux"])
+    args = p.parse_args(argv)
+    hostenv.bootstrap()
+    hostenv.register_pack()
+    import comfy.model_management as mm
+    sys.stdout.write(f"guidance cost: {mm.get_torch_device()}, {args.steps} steps, cfg {args.cfg}, float32\n")
+    builders = {"sd15": ("SD1.5 UNet (real widths, 64x64 latent)", lambda: sd15_model(args.quick)),
+                "flux": ("Flux blocks (3072 wide, 1 double + 2 single)", lambda: flux_model(args.quick, (1, 2)))}
+    results = []
+    for family, (name, build) in builders.items():
+        if args.only and args.only != family:
+            continue
+        result = measure(name + (" [--quick]" if args.quick else ""), family, build(), args)
+        sys.stdout.write(table(result))
+        sys.stdout.flush()
+        results.append(result)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "guidance_cost.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
