@@ -31,15 +31,6 @@ def mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor 
     return mask.to(dtype)
 
 
-def add_bias(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    """Sum of two additive logit biases (either may be None), broadcast."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a + b
-
-
 def full_rows(bias: torch.Tensor | None, n_q: int) -> torch.Tensor | None:
     """Expand a bias whose query axis is broadcast (size 1) to ``n_q`` rows; some host backends need it."""
     if bias is None or bias.shape[-2] == n_q:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .effect import Effect
-from .site import Site
 
 
 @dataclass(frozen=True)
@@ -24,9 +23,6 @@ class EffectStack:
     def live(self) -> tuple[Effect, ...]:
         """Effects that can change anything (neutral ones are kept for display only)."""
         return tuple(e for e in self.effects if not e.neutral)
-
-    def applying(self, site: Site) -> list[Effect]:
-        return [e for e in self.effects if e.applies(site)]
 
     def describe(self) -> list[str]:
         return [f"{i + 1}. {e.describe()}" for i, e in enumerate(self.effects)]

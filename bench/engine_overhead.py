@@ -76,16 +76,24 @@ def sample(patcher, latent, cond, steps, cfg):
                                disable_pbar=True)
 
 
+def round_robin(runs: dict, run, repeats: int) -> dict:
+    """Wall times of ``run(variant)`` for every variant, interleaved per repeat (drift cancels), after a warm-up."""
+    for variant in runs.values():
+        run(variant)
+    times = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, variant in runs.items():
+            start = time.perf_counter()
+            run(variant)
+            times[k].append(time.perf_counter() - start)
+    return times
+
+
 def measure(name, model, args) -> dict:
     patcher, latent, cond = model
     runs = variants(patcher)
-    outputs = {k: sample(p, latent, cond, args.steps, args.cfg) for k, p in runs.items()}  # warm-up
-    times = {k: [] for k in runs}
-    for _ in range(args.repeats):
-        for k, p in runs.items():
-            start = time.perf_counter()
-            sample(p, latent, cond, args.steps, args.cfg)
-            times[k].append(time.perf_counter() - start)
+    outputs = {k: sample(p, latent, cond, args.steps, args.cfg) for k, p in runs.items()}
+    times = round_robin(runs, lambda p: sample(p, latent, cond, args.steps, args.cfg), args.repeats)
     medians = {k: statistics.median(v) for k, v in times.items()}
     return {"model": name, "medians_s": medians, "ratios": {k: medians[k] / medians["vanilla"] for k in medians},
             "idle_exact": all(torch.equal(outputs[k], outputs["vanilla"]) for k in ("idle-window", "idle-sites")),

@@ -19,9 +19,8 @@ import argparse
 import json
 import statistics
 import sys
-import time
 
-from bench.engine_overhead import RESULTS, flux_model, sample, sd15_model
+from bench.engine_overhead import RESULTS, flux_model, round_robin, sample, sd15_model
 from tools import hostenv
 
 
@@ -48,14 +47,7 @@ def variants(base, family: str) -> dict:
 def measure(name: str, family: str, model, args) -> dict:
     patcher, latent, cond = model
     runs = variants(patcher, family)
-    for p in runs.values():
-        sample(p, latent, cond, args.steps, args.cfg)
-    times = {k: [] for k in runs}
-    for _ in range(args.repeats):
-        for k, p in runs.items():
-            start = time.perf_counter()
-            sample(p, latent, cond, args.steps, args.cfg)
-            times[k].append(time.perf_counter() - start)
+    times = round_robin(runs, lambda p: sample(p, latent, cond, args.steps, args.cfg), args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"model": name, "medians_s": med, "raw_s": times}
     if "core-pag" in med:

@@ -56,9 +56,6 @@ class Family:
             value = value[key]
         return int(value)
 
-    def group_for_replace(self, replace_kind: str) -> DitGroup | None:
-        return next((g for g in self.dit_groups if g.replace_kind == replace_kind), None)
-
     def joint_txt_first(self, transformer_options: dict) -> bool:
         return self.txt_first
 

@@ -19,8 +19,8 @@ from .schedule_inputs import build_schedule, schedule_inputs
 
 SCALE_MAX = 100.0
 INFINITE_SIGMA = 9999.0  # blur_sigma at or above this: the mean query (SEG's infinite blur)
-DEFAULT_BLOCKS_TOOLTIP = ("Which blocks to perturb; empty = the model's middle block (UNet 'middle.0', as core's "
-                          "PAG; a DiT's middle block). E.g. 'input.7-8, middle.0' or 'double.8-10'.")
+DEFAULT_BLOCKS_TOOLTIP = ("Which blocks: empty = the model's middle block (UNet 'middle.0', as core's PAG; a DiT's "
+                          "middle block); NAG: empty = all blocks. E.g. 'input.7-8, middle.0' or 'double.8-10'.")
 
 
 def default_blocks(model, family: Family) -> str:
@@ -52,6 +52,18 @@ def _scale_inputs(default: float):
     ]
 
 
+def guidance_schema(effect_cls, display_name: str, description: str, extra_inputs=(), kinds=(SELF, JOINT),
+                    model_tooltip: str = "The model to patch; it is cloned.", scale_default: float = 3.0):
+    """The schema every guidance node shares: model, its own inputs, then the schedule inputs."""
+    own = list(extra_inputs) if scale_default is None else [*_scale_inputs(scale_default), *extra_inputs]
+    return io.Schema(
+        node_id=effect_cls.node_id, display_name=display_name, category="attention_lab/guidance",
+        description=description,
+        inputs=[io.Model.Input("model", tooltip=model_tooltip), *own,
+                *schedule_inputs(kinds, apply_to=False, blocks_tooltip=DEFAULT_BLOCKS_TOOLTIP)],
+        outputs=[io.Model.Output(tooltip=f"The model with {display_name} on its Attention Lab stack.")])
+
+
 def _execute(node_id, effect_cls, model, scale, rescale, start_percent, end_percent, blocks, kind, **extra):
     check_range(node_id, "scale", scale, 0.0, SCALE_MAX, "use 0 (off) to about 10; 3 is typical")
     check_range(node_id, "rescale", rescale, 0.0, 1.0, "use a value from 0 to 1")
@@ -64,18 +76,11 @@ def _execute(node_id, effect_cls, model, scale, rescale, start_percent, end_perc
 class AttnLabPAG(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id=PAG.node_id,
-            display_name="Perturbed-Attention Guidance",
-            category="attention_lab/guidance",
-            description="Perturbed-Attention Guidance (Ahn et al. 2024): a prediction whose self-attention at the "
-                        "selected blocks is replaced by the identity steers the sample away from structural "
-                        "collapse. Stacked guidance nodes share one batched extra pass.",
-            inputs=[io.Model.Input("model", tooltip="The model to patch; it is cloned."),
-                    *_scale_inputs(3.0),
-                    *schedule_inputs((SELF, JOINT), apply_to=False, blocks_tooltip=DEFAULT_BLOCKS_TOOLTIP)],
-            outputs=[io.Model.Output(tooltip="The model with PAG on its Attention Lab stack.")],
-        )
+        return guidance_schema(
+            PAG, "Perturbed-Attention Guidance",
+            "Perturbed-Attention Guidance (Ahn et al. 2024): a prediction whose self-attention at the selected blocks "
+            "is replaced by the identity steers the sample away from structural collapse. Stacked guidance nodes "
+            "share one batched extra pass.")
 
     @classmethod
     def execute(cls, model, scale, rescale, start_percent, end_percent, blocks, kind) -> io.NodeOutput:
@@ -85,21 +90,14 @@ class AttnLabPAG(io.ComfyNode):
 class AttnLabSEG(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id=SEG.node_id,
-            display_name="Smoothed Energy Guidance",
-            category="attention_lab/guidance",
-            description="Smoothed Energy Guidance (Hong 2024): a prediction whose self-attention queries are "
-                        "blurred by a Gaussian over the image grid guides the sample; a larger blur is a stronger, "
-                        "smoother perturbation. Stacked guidance nodes share one batched extra pass.",
-            inputs=[io.Model.Input("model", tooltip="The model to patch; it is cloned."),
-                    *_scale_inputs(3.0),
-                    io.Float.Input("blur_sigma", default=10.0, min=0.1, max=INFINITE_SIGMA, step=0.1,
-                                   tooltip=f"Gaussian sigma in tokens. {INFINITE_SIGMA:g} = infinite: every query "
-                                           "becomes the mean query."),
-                    *schedule_inputs((SELF, JOINT), apply_to=False, blocks_tooltip=DEFAULT_BLOCKS_TOOLTIP)],
-            outputs=[io.Model.Output(tooltip="The model with SEG on its Attention Lab stack.")],
-        )
+        blur = io.Float.Input("blur_sigma", default=10.0, min=0.1, max=INFINITE_SIGMA, step=0.1,
+                              tooltip=f"Gaussian sigma in tokens. {INFINITE_SIGMA:g} = infinite: every query becomes "
+                                      "the mean query.")
+        return guidance_schema(
+            SEG, "Smoothed Energy Guidance",
+            "Smoothed Energy Guidance (Hong 2024): a prediction whose self-attention queries are blurred by a "
+            "Gaussian over the image grid guides the sample; a larger blur is a stronger, smoother perturbation. "
+            "Stacked guidance nodes share one batched extra pass.", extra_inputs=[blur])
 
     @classmethod
     def execute(cls, model, scale, rescale, blur_sigma, start_percent, end_percent, blocks, kind) -> io.NodeOutput:
@@ -113,18 +111,11 @@ class AttnLabSEG(io.ComfyNode):
 class AttnLabSkipLayerGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id=SkipAttention.node_id,
-            display_name="Skip-Layer Guidance (attention)",
-            category="attention_lab/guidance",
-            description="Skip-layer guidance for DiTs (SD3.5, Flux, WAN, ...): a prediction with the selected "
-                        "blocks' attention skipped guides the sample, improving structure and anatomy. Stacked "
-                        "guidance nodes share one batched extra pass.",
-            inputs=[io.Model.Input("model", tooltip="A DiT model (SD3/3.5, Flux, WAN, HunyuanVideo, LTXV, Qwen)."),
-                    *_scale_inputs(3.0),
-                    *schedule_inputs((SELF, JOINT), apply_to=False, blocks_tooltip=DEFAULT_BLOCKS_TOOLTIP)],
-            outputs=[io.Model.Output(tooltip="The model with skip-layer guidance on its Attention Lab stack.")],
-        )
+        return guidance_schema(
+            SkipAttention, "Skip-Layer Guidance (attention)",
+            "Skip-layer guidance for DiTs (SD3.5, Flux, WAN, ...): a prediction with the selected blocks' attention "
+            "skipped guides the sample, improving structure and anatomy. Stacked guidance nodes share one batched "
+            "extra pass.", model_tooltip="A DiT model (SD3/3.5, Flux, WAN, HunyuanVideo, LTXV, Qwen).")
 
     @classmethod
     def execute(cls, model, scale, rescale, start_percent, end_percent, blocks, kind) -> io.NodeOutput:
@@ -153,28 +144,22 @@ def negative_context(model, family: Family, negative) -> torch.Tensor:
 class AttnLabNAG(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id=NAG.node_id,
-            display_name="Normalized Attention Guidance",
-            category="attention_lab/guidance",
-            description="Normalized Attention Guidance (Chen et al. 2025): in cross-attention (and the image rows "
-                        "of joint attention) the output for the prompt is pushed away from the output for the "
-                        "negative prompt, norm-clipped and blended. Gives negative prompts to distilled and "
-                        "few-step models run at cfg 1. The negative context rides in the same batched call.",
-            inputs=[io.Model.Input("model", tooltip="The model to patch; it is cloned."),
-                    io.Conditioning.Input("negative", tooltip="The negative prompt, encoded with this model's "
-                                                              "own text encoder."),
-                    io.Float.Input("scale", default=5.0, min=1.0, max=SCALE_MAX, step=0.1,
-                                   tooltip="Extrapolation away from the negative output; 1 = off."),
-                    io.Float.Input("tau", default=2.5, min=1.0, max=10.0, step=0.05,
-                                   tooltip="Upper bound on how much the guided output's norm may grow over the "
-                                           "positive output's."),
-                    io.Float.Input("alpha", default=0.25, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Blend of guided (1) and plain (0) output; 0 = off."),
-                    *schedule_inputs((CROSS, JOINT), apply_to=False,
-                                     blocks_tooltip="Which blocks to guide; empty for all.")],
-            outputs=[io.Model.Output(tooltip="The model with NAG on its Attention Lab stack.")],
-        )
+        own = [io.Conditioning.Input("negative", tooltip="The negative prompt, encoded with this model's own text "
+                                                         "encoder."),
+               io.Float.Input("scale", default=5.0, min=1.0, max=SCALE_MAX, step=0.1,
+                              tooltip="Extrapolation away from the negative output; 1 = off."),
+               io.Float.Input("tau", default=2.5, min=1.0, max=10.0, step=0.05,
+                              tooltip="Upper bound on how much the guided output's norm may grow over the positive "
+                                      "output's."),
+               io.Float.Input("alpha", default=0.25, min=0.0, max=1.0, step=0.01,
+                              tooltip="Blend of guided (1) and plain (0) output; 0 = off.")]
+        return guidance_schema(
+            NAG, "Normalized Attention Guidance",
+            "Normalized Attention Guidance (Chen et al. 2025): in cross-attention (and the image rows of joint "
+            "attention) the output for the prompt is pushed away from the output for the negative prompt, "
+            "norm-clipped and blended. Gives negative prompts to distilled and few-step models run at cfg 1. The "
+            "negative context rides in the same batched call.", extra_inputs=own, kinds=(CROSS, JOINT),
+            scale_default=None)
 
     @classmethod
     def execute(cls, model, negative, scale, tau, alpha, start_percent, end_percent, blocks,

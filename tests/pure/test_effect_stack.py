@@ -49,7 +49,7 @@ def test_stack_is_immutable_and_neutral_effects_are_display_only():
     s1 = EffectStack().with_effect(live)
     s2 = s1.with_effect(idle)
     assert len(s1) == 1 and len(s2) == 2
-    assert s2.live == (live,) and s2.applying(SITE) == [live]
+    assert s2.live == (live,) and [e for e in s2.effects if e.applies(SITE)] == [live]
     assert "neutral" in s2.describe()[1]
     import copy
     assert copy.deepcopy(s2) is s2

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from attention_lab.attention.layout import add_bias, bhnd_to_bnhd, full_rows, mask_to_bias, to_bhnd
+from attention_lab.attention.layout import bhnd_to_bnhd, full_rows, mask_to_bias, to_bhnd
 from attention_lab.attention.maps import attention_chunked, default_chunk
 
 
@@ -43,4 +43,4 @@ def test_layout_roundtrip_and_masks():
     bias = mask_to_bias(keep, torch.float32)
     assert bias.shape == (1, 1, 1, 2) and bias[0, 0, 0, 0] == 0 and bias[0, 0, 0, 1] == float("-inf")
     assert mask_to_bias(torch.zeros(2, 3, 4), torch.float32).shape == (2, 1, 3, 4)
-    assert add_bias(None, bias) is bias and full_rows(bias, 6).shape == (1, 1, 6, 2)
+    assert full_rows(bias, 6).shape == (1, 1, 6, 2)
