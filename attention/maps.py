@@ -53,3 +53,16 @@ def attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
         else:
             pieces.append(piece)
     return out if out is not None else torch.cat(pieces, dim=2)
+
+
+def key_attention_mass(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
+                       chunk: int | None = None) -> torch.Tensor:
+    """q: b h n d, k: b h m d -> b m: attention each key receives, summed over queries, mean over heads (float32);
+    computed one query chunk at a time."""
+    n, m = q.shape[2], k.shape[2]
+    chunk = chunk or default_chunk(n, m)
+    mass = torch.zeros(q.shape[0], m, device=q.device, dtype=torch.float32)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        mass += attention_probs(q[:, :, start:stop], k, _bias_rows(bias, start, stop)).mean(dim=1).sum(dim=1)
+    return mass

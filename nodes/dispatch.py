@@ -19,7 +19,7 @@ import torch
 
 from ..attention.address import BlockAddress
 from ..attention.effect import AttnCall, run_effects
-from ..attention.guidance import GUIDANCE_CHUNKS
+from ..attention.guidance import GUIDANCE_CHUNKS, STEP_STATE
 from ..attention.layout import bhnd_to_bnhd, full_rows, mask_to_bias, to_bhnd
 from ..attention.site import CROSS, JOINT, SELF, Site, Span, TokenLayout
 from .families import BY_NAME, UNET, DitGroup, Family
@@ -31,6 +31,7 @@ FAMILY_KEY = "attnlab_family"
 CTX_KEY = "attnlab_ctx"
 TAG_KEY = "attnlab_block"
 PLAN_KEY = "attnlab_guidance_plan"  # per chunk label, the guidance perturbation that chunk runs
+STEP_KEY = "attnlab_step_state"  # a dict living from the sampler's main call to its post-CFG term
 _POSITIONAL = ("mask", "attn_precision", "skip_reshape", "skip_output_reshape")
 _warned: set = set()
 
@@ -79,6 +80,7 @@ class CallContext:
         self.chunks = tuple(transformer_options.get("cond_or_uncond") or (0,))
         self.latent_shape = tuple(x.shape)
         self.plan = transformer_options.get(PLAN_KEY)
+        self.step_state = transformer_options.get(STEP_KEY)
         self.active = [e for e in stack.live if e.runs_in(self.plan) and e.schedule.active_at(self.sigma)
                        and any(e.schedule.chunk_selected(c) for c in self.chunks)]
         self.live = bool(self.active)
@@ -158,7 +160,8 @@ class CallContext:
         b, _, n_q, head_dim = q.shape
         layout = self._layout(kind, n_q, k.shape[2], to)
         return Site(self.family.name, kind, block, heads, head_dim, layout, self.sigma, self.percent,
-                    self.chunks, {"batch_per_chunk": max(1, b // len(self.chunks)), GUIDANCE_CHUNKS: self.plan})
+                    self.chunks, {"batch_per_chunk": max(1, b // len(self.chunks)), GUIDANCE_CHUNKS: self.plan,
+                     STEP_STATE: self.step_state})
 
     # -- after the model call -----------------------------------------------------------------------------
     def finish(self) -> None:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension
 
-from .guidance import AttnLabNAG, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance
+from .guidance import AttnLabNAG, AttnLabPAG, AttnLabSAG, AttnLabSEG, AttnLabSkipLayerGuidance
 from .inspect import AttnLabInspect
 from .temperature import AttnLabTemperature
 
-NODES = [AttnLabTemperature, AttnLabInspect, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance, AttnLabNAG]
+NODES = [AttnLabTemperature, AttnLabInspect, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance, AttnLabNAG,
+         AttnLabSAG]
 
 
 class AttentionLabExtension(ComfyExtension):

@@ -10,7 +10,7 @@ import math
 import torch
 from comfy_api.latest import io
 
-from ..attention.guidance import NAG, PAG, SEG, SkipAttention
+from ..attention.guidance import NAG, PAG, SAG, SEG, SkipAttention
 from ..attention.site import CROSS, JOINT, SELF
 from .errors import node_error
 from .families import DIT, UNET, Family
@@ -172,3 +172,30 @@ class AttnLabNAG(io.ComfyNode):
         schedule = build_schedule(NAG.node_id, model, family, start_percent, end_percent, blocks, kind)
         effect = NAG(schedule, context, scale=scale, tau=tau, alpha=alpha)
         return io.NodeOutput(add_guidance(model, effect, NAG.node_id))
+
+
+class AttnLabSAG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        own = [io.Float.Input("scale", default=0.5, min=-2.0, max=5.0, step=0.01,
+                              tooltip="Guidance strength; 0 = off (exactly the unpatched output). Core's default "
+                                      "is 0.5."),
+               io.Float.Input("blur_sigma", default=2.0, min=0.1, max=10.0, step=0.1,
+                              tooltip="Gaussian sigma (in latent pixels) of the blur applied where attention "
+                                      "concentrates.")]
+        return guidance_schema(
+            SAG, "Self-Attention Guidance",
+            "Self-Attention Guidance (Hong et al. 2023): where the negative pass's self-attention concentrates, its "
+            "prediction is blurred, re-noised and predicted again, and the sample is pushed away from that. With "
+            "the defaults (the UNet middle block) the output equals core's Self-Attention Guidance. Needs cfg > 1 "
+            "or keeps the uncond pass at cfg 1; costs one extra pass per step (its input differs).",
+            extra_inputs=own, scale_default=None)
+
+    @classmethod
+    def execute(cls, model, scale, blur_sigma, start_percent, end_percent, blocks, kind) -> io.NodeOutput:
+        check_range(SAG.node_id, "scale", scale, -2.0, 5.0, "use -2 to 5; 0.5 is core's default")
+        check_range(SAG.node_id, "blur_sigma", blur_sigma, 0.1, 10.0, "use 0.1 to 10; 2 is core's default")
+        family = family_of(model, SAG.node_id)
+        schedule = guidance_schedule(SAG.node_id, model, family, start_percent, end_percent, blocks, kind)
+        effect = SAG(schedule, scale=scale, blur_sigma=blur_sigma)
+        return io.NodeOutput(add_guidance(model, effect, SAG.node_id, needs_uncond=True))

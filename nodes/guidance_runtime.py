@@ -12,12 +12,12 @@ import threading
 
 import torch
 
-from ..attention.guidance import NAG, NegativeChunk, Perturbation
-from .dispatch import PLAN_KEY, STACK_KEY, warn_once
+from ..attention.guidance import NAG, SAG, NegativeChunk, Perturbation, StepState
+from .dispatch import PLAN_KEY, STACK_KEY, STEP_KEY, warn_once
 _stash = threading.local()
 
 
-def active_guidance(options: dict, sigma: float, kinds=(Perturbation, NAG)) -> tuple:
+def active_guidance(options: dict, sigma: float, kinds=(Perturbation, NAG, SAG)) -> tuple:
     """The stack's guidance effects (perturbations, NAG) active at ``sigma``, in stack order."""
     stack = options.get("transformer_options", {}).get(STACK_KEY)
     if stack is None:
@@ -61,8 +61,11 @@ def _chunk(effect, cond: list):
     return effect, cond
 
 
-def _with_plan(options: dict, plan: tuple) -> dict:
-    return {**options, "transformer_options": {**options.get("transformer_options", {}), PLAN_KEY: plan}}
+def _with_plan(options: dict, plan: tuple, step_state: StepState | None = None) -> dict:
+    to = {**options.get("transformer_options", {}), PLAN_KEY: plan}
+    if step_state is not None:
+        to[STEP_KEY] = step_state
+    return {**options, "transformer_options": to}
 
 
 def guidance_batch_wrapper(executor, model, conds, x_in, timestep, model_options):
@@ -73,16 +76,19 @@ def guidance_batch_wrapper(executor, model, conds, x_in, timestep, model_options
     effects = tuple(e for e in active_guidance(model_options, float(timestep.max())) if _usable(e, conds[0]))
     if not effects:
         return executor(model, conds, x_in, timestep, model_options)
-    plan, extra = zip(*(_chunk(e, conds[0]) for e in effects))
-    out = executor(model, list(conds) + list(extra), x_in, timestep, _with_plan(model_options, (None, None) + plan))
-    _stash.entry = (x_in, [(p, pred) for p, pred in zip(plan, out[2:]) if isinstance(p, Perturbation)])
+    chunks = [_chunk(e, conds[0]) for e in effects if not isinstance(e, SAG)]
+    plan, extra = (tuple(t) for t in zip(*chunks)) if chunks else ((), ())
+    step_state = StepState()
+    out = executor(model, list(conds) + list(extra), x_in, timestep,
+                   _with_plan(model_options, (None, None) + plan, step_state))
+    _stash.entry = (x_in, [(p, pred) for p, pred in zip(plan, out[2:]) if isinstance(p, Perturbation)], step_state)
     return out[:2]
 
 
-def _take(x: torch.Tensor) -> list | None:
+def _take(x: torch.Tensor) -> tuple[list, StepState] | tuple[None, None]:
     entry = getattr(_stash, "entry", None)
     _stash.entry = None
-    return entry[1] if entry is not None and entry[0] is x else None
+    return (entry[1], entry[2]) if entry is not None and entry[0] is x else (None, None)
 
 
 def perturbed_predictions(model, cond, x, sigma, options, plan) -> list:
@@ -94,14 +100,28 @@ def perturbed_predictions(model, cond, x, sigma, options, plan) -> list:
 
 
 def apply_guidance(args: dict) -> torch.Tensor:
-    """Post-CFG: denoised + sum of scale_i * (cond - perturbed_i), each with its rescale."""
+    """Post-CFG: denoised + sum of scale_i * (cond - perturbed_i), each with its rescale; then SAG's terms."""
     denoised, x = args["denoised"], args["input"]
-    pairs = _take(x)
+    pairs, step_state = _take(x)
     if pairs is None:
-        pairs = _fallback(args)
+        pairs, step_state = _fallback(args), StepState()
     for perturbation, pred in pairs:
         denoised = perturbation.guide(denoised, args["cond_denoised"], pred)
+    for sag in active_guidance(args["model_options"], float(args["sigma"].max()), kinds=(SAG,)):
+        denoised = _apply_sag(sag, step_state.records.get(sag), denoised, args)
     return denoised
+
+
+def _apply_sag(sag: SAG, recorded, denoised: torch.Tensor, args: dict) -> torch.Tensor:
+    """cfg + scale * (degraded - prediction of the re-noised degraded uncond), as Hong et al. 2023."""
+    import comfy.samplers
+    x0, uncond = args["uncond_denoised"], args["uncond"]
+    if recorded is None or uncond is None or min(x0.shape[-2:]) <= 4:
+        return denoised
+    degraded = sag.degrade(x0, recorded)
+    noised = degraded + args["input"] - x0
+    (pred,) = comfy.samplers.calc_cond_batch(args["model"], [uncond], noised, args["sigma"], args["model_options"])
+    return denoised + (degraded - pred) * sag.scale
 
 
 def _fallback(args: dict) -> list:

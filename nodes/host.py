@@ -57,11 +57,14 @@ def add_effect(model, effect: Effect, node_id: str):
     return m
 
 
-def add_guidance(model, effect: Effect, node_id: str):
-    """add_effect, plus the guidance runner (one batched pass for all perturbations, a post-CFG term)."""
+def add_guidance(model, effect: Effect, node_id: str, needs_uncond: bool = False):
+    """add_effect, plus the guidance runner (one batched pass for all perturbations, a post-CFG term).
+    ``needs_uncond``: keep the uncond pass even at cfg 1 (SAG reads the uncond prediction)."""
     import comfy.patcher_extension as pe
 
     m = add_effect(model, effect, node_id)
+    if needs_uncond:
+        m.model_options["disable_cfg1_optimization"] = True
     if not m.get_wrappers(pe.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY):
         m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, guidance_batch_wrapper)
     if apply_guidance not in m.model_options.get("sampler_post_cfg_function", []):

@@ -56,10 +56,14 @@ def guidance_pag_seg_sdxl(g: Graph) -> None:
                      "KSampler (CFG only)")
     _sample_and_save(g, (seg, 0), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), "attnlab_pag_seg", 25, 5.0,
                      "KSampler (CFG + PAG + SEG)")
+    sag = g.add("AttnLabSAG", [0.5, 2.0, 0.0, 1.0, "", "all"], model=(ckpt, 0))
+    _sample_and_save(g, (sag, 0), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), "attnlab_sag", 25, 5.0,
+                     "KSampler (CFG + SAG)")
     g.note("## PAG and SEG on SDXL, in one extra pass\n\n**AttnLabPAG** (identity self-attention) and "
            "**AttnLabSEG** (queries blurred over the image grid) each guide away from a perturbed prediction. "
            "Stacked, their perturbed predictions run as extra chunks of the same model call as cond and uncond, "
-           "so two guidances cost one batch, not two passes. Empty `blocks` = the middle block, as core's PAG.")
+           "so two guidances cost one batch, not two passes. Empty `blocks` = the middle block, as core's PAG. "
+           "The third branch uses **AttnLabSAG** (self-attention guidance, one extra pass).")
 
 
 def slg_sd35(g: Graph) -> None:

@@ -212,3 +212,29 @@ def test_nag_refuses_a_negative_from_another_encoder(tiny):
     with pytest.raises(ValueError, match=r"AttnLabNAG: input 'negative': its text features are 4096 wide but this "
                                          r"SD1.5 model takes 64.*Fix: encode"):
         nag(t.patcher, wrong)
+
+
+def sag(model, scale=0.5, blur_sigma=2.0, blocks=""):
+    from attention_lab.nodes.guidance import AttnLabSAG
+    return AttnLabSAG.execute(model, scale, blur_sigma, 0.0, 1.0, blocks, "all").args[0]
+
+
+def test_sag_matches_core_at_its_defaults(tiny, sample):
+    """Same map, mask and extra pass as core; core computes the middle block's output with explicit maps, ours
+    with the host's kernel (so that SAG composes), hence float32 tolerance."""
+    from comfy_extras.nodes_sag import SelfAttentionGuidance
+    t = tiny("sd15")
+    core = sample(SelfAttentionGuidance.execute(t.patcher, 0.5, 2.0).args[0], t, steps=4)
+    assert not torch.equal(core, sample(t.patcher, t, steps=4))
+    ours = sample(sag(t.patcher), t, steps=4)
+    assert (ours - core).abs().max() <= 1e-5 * core.abs().max(), "within 1e-5 of the output's scale"
+    assert torch.equal(sample(sag(t.patcher, scale=0.0), t, steps=4), sample(t.patcher, t, steps=4))
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux", "wan21"])
+def test_sag_on_other_families_and_stacked_with_pag(family, tiny, sample):
+    t = tiny(family)
+    base = sample(t.patcher, t, steps=2)
+    alone = sample(sag(t.patcher, scale=1.0), t, steps=2)
+    assert not torch.equal(alone, base) and torch.isfinite(alone).all()
+    assert not torch.equal(sample(pag(sag(t.patcher, scale=1.0)), t, steps=2), alone)

@@ -44,3 +44,12 @@ def test_layout_roundtrip_and_masks():
     assert bias.shape == (1, 1, 1, 2) and bias[0, 0, 0, 0] == 0 and bias[0, 0, 0, 1] == float("-inf")
     assert mask_to_bias(torch.zeros(2, 3, 4), torch.float32).shape == (2, 1, 3, 4)
     assert full_rows(bias, 6).shape == (1, 1, 6, 2)
+
+
+def test_key_attention_mass_equals_the_full_map():
+    from attention_lab.attention.maps import attention_probs, key_attention_mass
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(2, 3, 40, 8, generator=g), torch.randn(2, 3, 30, 8, generator=g)
+    full = attention_probs(q, k).mean(dim=1).sum(dim=1)
+    torch.testing.assert_close(key_attention_mass(q, k, chunk=7), full)
+    assert key_attention_mass(q, k).sum().item() == pytest.approx(2 * 40, rel=1e-5)
