@@ -39,12 +39,13 @@ ensure_host() {
 }
 
 ensure_host_requirements() {
-  local stamp="$ATTNLAB_VENV/.attnlab-host-reqs-$(sha1sum "$COMFYUI_PATH/requirements.txt" | cut -c1-12)"
+  local stamp="$ATTNLAB_VENV/.attnlab-host-reqs-v2-$(sha1sum "$COMFYUI_PATH/requirements.txt" | cut -c1-12)"
   [ -f "$stamp" ] && return 0
   say "installing the host's requirements"
   # torch comes from ensure_venv; torchaudio would pull another torch; the front-end packages are not needed
   grep -v -E '^(torch|torchvision|torchaudio|comfyui-frontend-package|comfyui-workflow-templates|comfyui-embedded-docs)\b' \
     "$COMFYUI_PATH/requirements.txt" > "$ATTNLAB_VENV/host-requirements.txt"
+  echo requests >> "$ATTNLAB_VENV/host-requirements.txt"  # the host's server (image and video save nodes) needs it
   "$PY" -m pip install -q -r "$ATTNLAB_VENV/host-requirements.txt"
   touch "$stamp"
 }

@@ -96,8 +96,27 @@ def nag_flux_cfg1(g: Graph) -> None:
            "blended, in the same model call.")
 
 
+def slg_wan(g: Graph) -> None:
+    unet = g.add("UNETLoader", ["wan2.1_t2v_1.3B_fp16.safetensors", "default"], title="Load WAN 2.1", column=0)
+    clip = g.add("CLIPLoader", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "default"], column=0)
+    vae = g.add("VAELoader", ["wan_2.1_vae.safetensors"], column=0)
+    pos = g.add("CLIPTextEncode", ["a red fox trotting through fresh snow, morning light"], title="Positive",
+                clip=(clip, 0))
+    neg = g.add("CLIPTextEncode", ["static, blurry, deformed legs, extra limbs"], title="Negative", clip=(clip, 0))
+    latent = g.add("EmptyHunyuanLatentVideo", [832, 480, 33, 1], column=1)
+    slg = g.add("AttnLabSkipLayerGuidance", [3.0, 0.0, 0.1, 0.7, "", "all"], model=(unet, 0))
+    sampler = g.add("KSampler", [42, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], title="KSampler (SLG)",
+                    model=(slg, 0), positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0))
+    frames = g.add("VAEDecode", samples=(sampler, 0), vae=(vae, 0))
+    g.add("SaveAnimatedWEBP", ["attnlab_slg_wan", 16.0, False, 90, "default"], images=(frames, 0))
+    g.note("## Skip-layer guidance on WAN 2.1\n\n**AttnLabSkipLayerGuidance** guides the video away from a prediction "
+           "whose middle block skips its self-attention (set e.g. `block.9-10` to choose), for 10%-70% of the "
+           "schedule: steadier anatomy and motion. "
+           "It shares the sampler's own model call (no extra pass).")
+
+
 EXAMPLES = {"temperature_sd15": temperature_sd15, "guidance_pag_seg_sdxl": guidance_pag_seg_sdxl,
-            "slg_sd35": slg_sd35, "nag_flux_cfg1": nag_flux_cfg1}
+            "slg_sd35": slg_sd35, "nag_flux_cfg1": nag_flux_cfg1, "slg_wan": slg_wan}
 
 
 def build(name: str, mapping) -> Graph:

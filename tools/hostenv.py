@@ -68,6 +68,8 @@ def bootstrap(sdpa: bool | None = None, base_directory: str | None = None) -> Pa
     sys.dont_write_bytecode = True
     if str(host) not in sys.path:
         sys.path.insert(0, str(host))
+    import utils.extra_config  # noqa: F401  the host's own package, imported first as its main.py does (a comfy
+    # module later puts comfy/ on sys.path, whose utils.py would shadow it for server.py)
     from comfy.cli_args import args  # noqa: E402  (must precede comfy.model_management)
 
     import torch

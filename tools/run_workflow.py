@@ -29,11 +29,11 @@ DEFAULT_WORKFLOW = "temperature_sd15"
 # loader class -> (widget naming the file, runner node standing in for it without a checkpoint)
 LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", "AttnLabRunnerTinyModel"),
            "UNETLoader": ("unet_name", "AttnLabRunnerTinyModel"),
-           "CLIPLoader": ("clip_name1", "AttnLabRunnerTinyCLIP"),
+           "CLIPLoader": ("clip_name", "AttnLabRunnerTinyCLIP"),
            "DualCLIPLoader": ("clip_name1", "AttnLabRunnerTinyCLIP"),
            "VAELoader": ("vae_name", "AttnLabRunnerTinyVAE")}
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple": "ckpt_name"}
-TINY_BY_NAME = (("sd3", "sd3"), ("flux", "flux"))  # model-file-name fragment -> tiny family; else sd15
+TINY_BY_NAME = (("sd3", "sd3"), ("flux", "flux"), ("wan", "wan21"))  # model-file-name fragment -> family
 TINY_MAX_SIDE = 256  # the tiny model draws noise at any size: keep smoke runs quick
 
 
@@ -113,7 +113,7 @@ def tiny_family_for(prompt: dict) -> str:
     """The tiny family standing in for the workflow's model, from its model file names."""
     names = " ".join(str(n["inputs"].get(LOADERS[n["class_type"]][0], "")) for n in prompt.values()
                      if n["class_type"] in ("CheckpointLoaderSimple", "UNETLoader")).lower()
-    return next((family for fragment, family in TINY_BY_NAME if fragment in names), "sd15")
+    return next((family for fragment, family in TINY_BY_NAME if fragment in names), "sd15")  # else SD1.5
 
 
 def load_host_nodes():
@@ -167,15 +167,16 @@ def use_tiny_models(prompt: dict) -> None:
     for node in loaders:
         node.update(class_type=LOADERS[node["class_type"]][1], inputs={"family": family})
     log.warning("no --checkpoint given: running on a tiny random-weight %s model (images are noise, sizes capped at "
-                "%dpx)", family, TINY_MAX_SIDE)
+                "%dpx, videos at 9 frames)", family, TINY_MAX_SIDE)
     cap_sizes(prompt, TINY_MAX_SIDE)
 
 
-def cap_sizes(prompt: dict, side: int) -> None:
+def cap_sizes(prompt: dict, side: int, frames: int = 9) -> None:
+    caps = {"width": side, "height": side, "length": frames}
     for node in prompt.values():
-        for key in ("width", "height"):
+        for key, cap in caps.items():
             if isinstance(node["inputs"].get(key), int):
-                node["inputs"][key] = min(node["inputs"][key], side)
+                node["inputs"][key] = min(node["inputs"][key], cap)
 
 
 def override_steps(prompt: dict, steps: int | None) -> None:

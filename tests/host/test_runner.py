@@ -63,8 +63,8 @@ def test_reroutes_primitives_and_bypass(mapping):
 @pytest.mark.parametrize("name", run_workflow.available())
 def test_every_shipped_workflow_runs_end_to_end(name, tmp_path):
     result = run_workflow.run(name, tmp_path, steps=1)
-    pngs = [f for f in result.files if f.suffix == ".png"]
-    assert pngs and all(f.stat().st_size > 0 for f in pngs)
+    images = [f for f in result.files if f.suffix in (".png", ".webp")]
+    assert images and all(f.stat().st_size > 0 for f in images)
 
 
 def test_api_format_runs(tmp_path, mapping):
