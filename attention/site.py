@@ -68,3 +68,9 @@ class Site:
     def describe(self) -> str:
         where = str(self.block) if self.block is not None else "(no block)"
         return f"{where} {self.kind} heads={self.heads}x{self.head_dim} q={self.layout.n_q} k={self.layout.n_k}"
+
+
+def image_rows(site: Site, keys: bool = False) -> slice:
+    """The image tokens of the site's queries (or keys) as a slice; all tokens when the layout has no image span."""
+    span = site.layout.img_k if keys else site.layout.img_q
+    return span.as_slice() if span is not None else slice(None)

@@ -19,9 +19,10 @@ import torch
 
 from ..attention.address import BlockAddress
 from ..attention.effect import AttnCall, run_effects
-from ..attention.guidance import GUIDANCE_CHUNKS, STEP_STATE
-from ..attention.layout import bhnd_to_bnhd, full_rows, mask_to_bias, to_bhnd
-from ..attention.site import CROSS, JOINT, SELF, Site, Span, TokenLayout
+from ..attention.guidance import GUIDANCE_CHUNKS
+from ..attention.sag import STEP_STATE
+from ..attention.layout import full_rows, mask_to_bias, to_bhnd
+from ..attention.site import CROSS, JOINT, Site, Span, TokenLayout
 from .families import BY_NAME, UNET, DitGroup, Family
 
 log = logging.getLogger("attnlab")

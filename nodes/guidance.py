@@ -10,7 +10,9 @@ import math
 import torch
 from comfy_api.latest import io
 
-from ..attention.guidance import NAG, PAG, SAG, SEG, SkipAttention
+from ..attention.guidance import PAG, SEG, SkipAttention
+from ..attention.nag import NAG
+from ..attention.sag import SAG
 from ..attention.site import CROSS, JOINT, SELF
 from .errors import node_error
 from .families import DIT, UNET, Family

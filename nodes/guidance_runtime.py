@@ -12,7 +12,9 @@ import threading
 
 import torch
 
-from ..attention.guidance import NAG, SAG, NegativeChunk, Perturbation, StepState
+from ..attention.guidance import Perturbation
+from ..attention.nag import NAG, NegativeChunk
+from ..attention.sag import SAG, StepState
 from .dispatch import PLAN_KEY, STACK_KEY, STEP_KEY, warn_once
 _stash = threading.local()
 
