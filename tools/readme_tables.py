@@ -36,7 +36,7 @@ def node_table() -> str:
     rows = ["| node | display name | what it does |", "|---|---|---|"]
     for node in NODES:
         s = node.define_schema()
-        first = re.split(r"(?<=\.)\s", s.description, maxsplit=1)[0]
+        first = re.split(r"(?<!al\.)(?<=\.)\s", s.description, maxsplit=1)[0]  # not after "et al."
         rows.append(f"| `{s.node_id}` | {s.display_name} | {first} |")
     return "\n".join(rows) + "\n"
 
