@@ -176,7 +176,6 @@ class CallContext:
                       "nodes without chaining to them; their effects do nothing. Put the Attention Lab nodes after "
                       "the node that installs %s.", callable_name(current), callable_name(current))
 
-
     def _check_block_replaces(self) -> None:
         """Warn once about DiT block replaces installed after ours without chaining (we tag every block, so any
         foreign entry replaced ours there)."""
