@@ -36,6 +36,18 @@ class AttnCall:
 
 Backend = Callable[[AttnCall], torch.Tensor]  # AttnCall -> b n (h d)
 
+PREPARED = "prepared"  # Site.extras key: per-model-call state of each effect, keyed by id(effect)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What effects may read of one model call: context b m c (the text conditioning, or None), the batch's
+    chunk labels (0 cond, 1 uncond), sigma."""
+
+    context: torch.Tensor | None
+    chunks: tuple[int, ...]
+    sigma: float
+
 
 class Effect:
     """Base class: an attention effect with a schedule. Subclasses override some of pre/attend/post."""
@@ -67,6 +79,14 @@ class Effect:
 
     def applies(self, site: Site) -> bool:
         return not self.neutral and self.supports(site) and self.schedule.matches(site)
+
+    def prepare(self, inputs: ModelInputs):
+        """Per-model-call state (read back at each site with ``state``), or None. Runs once per model call."""
+        return None
+
+    def state(self, site: Site):
+        """What ``prepare`` returned for the model call ``site`` belongs to (None if nothing)."""
+        return site.extras.get(PREPARED, {}).get(id(self))
 
     def pre(self, call: AttnCall, site: Site) -> AttnCall:
         return call

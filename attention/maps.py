@@ -5,9 +5,13 @@ the host's fused kernel. Peak extra memory is b*h*chunk*m floats instead of b*h*
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+
+from .effect import AttnCall, Backend
+from .layout import bhnd_to_bnhd
+from .site import Span
 
 # probs: b h c m (a query chunk starting at row ``start``) -> b h c m; may record or edit the chunk
 ProbsHook = Callable[[torch.Tensor, int], torch.Tensor]
@@ -18,14 +22,20 @@ def default_chunk(n: int, m: int, budget: int = 1 << 24) -> int:
     return max(1, min(n, budget // max(1, m)))
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
-                    scale: float | None = None) -> torch.Tensor:
-    """q: b h c d, k: b h m d, bias broadcastable to b h c m -> softmax probs b h c m in float32."""
+def attention_logits(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
+                     scale: float | None = None) -> torch.Tensor:
+    """q: b h c d, k: b h m d, bias broadcastable to b h c m -> logits q k^T * scale + bias, b h c m float32."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     logits = torch.einsum("bhcd,bhmd->bhcm", q.float(), k.float()) * scale
     if bias is not None:
         logits = logits + bias.float()
-    return logits.softmax(dim=-1)
+    return logits
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
+                    scale: float | None = None) -> torch.Tensor:
+    """q: b h c d, k: b h m d, bias broadcastable to b h c m -> softmax probs b h c m in float32."""
+    return attention_logits(q, k, bias, scale).softmax(dim=-1)
 
 
 def _bias_rows(bias: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
@@ -66,3 +76,63 @@ def key_attention_mass(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | No
         stop = min(n, start + chunk)
         mass += attention_probs(q[:, :, start:stop], k, _bias_rows(bias, start, stop)).mean(dim=1).sum(dim=1)
     return mass
+
+
+# -- query-row chunks -----------------------------------------------------------------------------------------------
+# Rows [start, stop) of a call (q and bias already sliced to them) -> b c (h d)
+RowRunner = Callable[[AttnCall, int, int], torch.Tensor]
+
+
+def add_bias(bias: torch.Tensor | None, extra: torch.Tensor | None) -> torch.Tensor | None:
+    """Sum of two additive logit biases, either of which may be None (broadcast to a common shape)."""
+    if extra is None:
+        return bias
+    return extra if bias is None else bias + extra.to(bias.dtype)
+
+
+def call_rows(call: AttnCall, start: int, stop: int) -> AttnCall:
+    """The call restricted to query rows [start, stop): q b h c d, bias rows sliced where it has them."""
+    return call.with_(q=call.q[:, :, start:stop], bias=_bias_rows(call.bias, start, stop))
+
+
+def call_items(call: AttnCall, items: torch.Tensor) -> AttnCall:
+    """The call restricted to batch items ``items`` (a bias with one batch row is shared)."""
+    bias = call.bias
+    if bias is not None and bias.shape[0] > 1:
+        bias = bias[items]
+    return call.with_(q=call.q[items], k=call.k[items], v=call.v[items], bias=bias)
+
+
+def _cover(n: int, spans: Sequence[tuple[Span, RowRunner]]) -> list[tuple[int, int, RowRunner | None]]:
+    """Ordered pieces covering rows [0, n): the spans' rows with their runner, the gaps with None."""
+    pieces, at = [], 0
+    for span, runner in sorted(spans, key=lambda s: s[0].start):
+        if span.start > at:
+            pieces.append((at, span.start, None))
+        if len(span):
+            pieces.append((span.start, span.stop, runner))
+        at = max(at, span.stop)
+    if at < n:
+        pieces.append((at, n, None))
+    return pieces
+
+
+def run_rows(call: AttnCall, spans: Sequence[tuple[Span, RowRunner]], inner: Backend, chunk: int) -> torch.Tensor:
+    """Attention of ``call`` with each span's rows run by its runner ``chunk`` rows at a time and the other rows
+    by ``inner`` in one call; outputs b n (h d) in row order. Bounds the memory of row-wise biases and maps."""
+    outs = []
+    for start, stop, runner in _cover(call.q.shape[2], spans):
+        if runner is None:
+            outs.append(inner(call_rows(call, start, stop)))
+            continue
+        for a in range(start, stop, chunk):
+            z = min(stop, a + chunk)
+            outs.append(runner(call_rows(call, a, z), a, z))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def explicit_attention(call: AttnCall, logits_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """softmax(logits_fn(q k^T * scale + bias)) v for a call of a few rows: b h c d inputs -> b c (h d)."""
+    logits = logits_fn(attention_logits(call.q, call.k, call.bias))
+    out = torch.einsum("bhcm,bhmd->bhcd", logits.softmax(dim=-1), call.v.float()).to(call.v.dtype)
+    return bhnd_to_bnhd(out)

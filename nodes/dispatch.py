@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.address import BlockAddress
-from ..attention.effect import AttnCall, run_effects
+from ..attention.effect import PREPARED, AttnCall, ModelInputs, run_effects
 from ..attention.guidance import GUIDANCE_CHUNKS
 from ..attention.sag import STEP_STATE
 from ..attention.layout import full_rows, mask_to_bias, to_bhnd
@@ -74,7 +74,8 @@ def _schedule_progress(sigma: float, sample_sigmas) -> float | None:
 class CallContext:
     """State of one model call (one forward of the diffusion model)."""
 
-    def __init__(self, stack, family: Family, x: torch.Tensor, t: torch.Tensor, transformer_options: dict):
+    def __init__(self, stack, family: Family, x: torch.Tensor, t: torch.Tensor, transformer_options: dict,
+                 context: torch.Tensor | None = None):
         self.stack, self.family, self.options = stack, family, transformer_options
         self.sigma = float(t.max())  # the only host sync: once per model call, never per attention call
         self.percent = _schedule_progress(self.sigma, transformer_options.get("sample_sigmas"))
@@ -85,6 +86,8 @@ class CallContext:
         self.active = [e for e in stack.live if e.runs_in(self.plan) and e.schedule.active_at(self.sigma)
                        and any(e.schedule.chunk_selected(c) for c in self.chunks)]
         self.live = bool(self.active)
+        inputs = ModelInputs(context, self.chunks, self.sigma)
+        self.prepared = {id(e): e.prepare(inputs) for e in self.active}
         self.busy = False
         self.reached = 0
         self.unet_kind: str | None = None
@@ -162,7 +165,7 @@ class CallContext:
         layout = self._layout(kind, n_q, k.shape[2], to)
         return Site(self.family.name, kind, block, heads, head_dim, layout, self.sigma, self.percent,
                     self.chunks, {"batch_per_chunk": max(1, b // len(self.chunks)), GUIDANCE_CHUNKS: self.plan,
-                     STEP_STATE: self.step_state})
+                     STEP_STATE: self.step_state, PREPARED: self.prepared})
 
     # -- after the model call -----------------------------------------------------------------------------
     def finish(self) -> None:
@@ -350,7 +353,8 @@ def apply_model_wrapper(executor, x, t, *args, **kwargs):
         warn_once(("family", to.get(FAMILY_KEY)), "Attention Lab: model family '%s' is not reachable; the effects on "
                   "this model do nothing.", to.get(FAMILY_KEY))
         return executor(x, t, *args, **kwargs)
-    ctx = CallContext(stack, family, x, t, to)
+    context = kwargs.get("c_crossattn", args[1] if len(args) > 1 else None)
+    ctx = CallContext(stack, family, x, t, to, context if isinstance(context, torch.Tensor) else None)
     to = dict(to)
     to[CTX_KEY] = ctx
     if in_kwargs:

@@ -5,10 +5,12 @@ from comfy_api.latest import ComfyExtension
 
 from .guidance import AttnLabNAG, AttnLabPAG, AttnLabSAG, AttnLabSEG, AttnLabSkipLayerGuidance
 from .inspect import AttnLabInspect
+from .regions import AttnLabRegion, AttnLabRegionalPrompt
+from .reweight import AttnLabTokenWeights
 from .temperature import AttnLabTemperature
 
 NODES = [AttnLabTemperature, AttnLabInspect, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance, AttnLabNAG,
-         AttnLabSAG]
+         AttnLabSAG, AttnLabTokenWeights, AttnLabRegion, AttnLabRegionalPrompt]
 
 
 class AttentionLabExtension(ComfyExtension):

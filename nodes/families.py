@@ -40,6 +40,7 @@ class Family:
     txt_first: bool = True  # joint sequence order on host 0.3.64
     native_groups: dict = field(default_factory=dict)  # host's block_type -> our group (newer hosts)
     context_key: tuple[str, ...] = ("context_dim",)  # path in the unet config to the text context width
+    vae_temporal: int = 1  # pixel frames per latent frame (video VAEs)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -81,13 +82,13 @@ FAMILIES: tuple[Family, ...] = (
            native_groups={"double": "double", "single": "single"}, context_key=("context_in_dim",)),
     Family("wan21", "WAN 2.1 / 2.2", DIT, ("WAN21_T2V",), 832 * 480, patch=(1, 2, 2),
            dit_groups=(DitGroup("double_block", "block", "blocks", (SELF, CROSS, CROSS)),),
-           native_groups={"double": "block"}, context_key=("text_dim",)),
+           native_groups={"double": "block"}, context_key=("text_dim",), vae_temporal=4),
     HunyuanFamily("hunyuan_video", "HunyuanVideo", DIT, ("HunyuanVideo",), 720 * 1280, patch=(1, 2, 2),
                   dit_groups=_FLUX_GROUPS, txt_first=False, native_groups={"double": "double", "single": "single"},
-                  context_key=("context_in_dim",)),
+                  context_key=("context_in_dim",), vae_temporal=4),
     Family("ltxv", "LTXV", DIT, ("LTXV",), 768 * 512, vae_scale=32,
            dit_groups=(DitGroup("double_block", "block", "transformer_blocks", (SELF, CROSS)),),
-           context_key=("caption_channels",)),
+           context_key=("caption_channels",), vae_temporal=8),
     Family("qwen_image", "Qwen-Image", DIT, ("QwenImage",), 1328 * 1328, patch=(1, 2, 2),
            dit_groups=(DitGroup("double_block", "block", "transformer_blocks", (JOINT,)),),
            native_groups={"double": "block"}, context_key=("joint_attention_dim",)),

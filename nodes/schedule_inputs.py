@@ -17,7 +17,7 @@ ALL_KINDS = "all"
 
 
 def schedule_inputs(kinds: tuple[str, ...], apply_to: bool = True, blocks_default: str = "",
-                    blocks_tooltip: str = "") -> list:
+                    blocks_tooltip: str = "", apply_to_default: str = "both") -> list:
     """start_percent, end_percent, blocks, kind (from ``kinds``) and, unless ``apply_to`` is False, apply_to."""
     inputs = [
         io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
@@ -34,7 +34,7 @@ def schedule_inputs(kinds: tuple[str, ...], apply_to: bool = True, blocks_defaul
                                "image together, SD3/Flux/Qwen/HunyuanVideo), or all."),
     ]
     if apply_to:
-        inputs.append(io.Combo.Input("apply_to", options=list(APPLY_TO), default="both",
+        inputs.append(io.Combo.Input("apply_to", options=list(APPLY_TO), default=apply_to_default,
                                      tooltip="Which half of the CFG batch the effect changes: the positive (cond), "
                                              "the negative (uncond), or both."))
     return inputs

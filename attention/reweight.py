@@ -1,0 +1,114 @@
+"""Token reweighting: change the attention image tokens pay to chosen text tokens.
+
+"p2p" follows Prompt-to-Prompt's reweighting (Hertz et al. 2022, "Prompt-to-Prompt Image Editing with Cross
+Attention Control"): the probabilities of the chosen tokens are multiplied without renormalising, which equals
+scaling those tokens' values. "renormalise" adds log(weight) to their logits, so the row still sums to one.
+Both keep the host's fused kernel; in joint attention only the image query rows are changed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .effect import AttnCall, Backend, Effect
+from .maps import RowRunner, add_bias, call_rows, run_rows
+from .schedule import Schedule
+from .site import CROSS, JOINT, Site, Span
+
+log = logging.getLogger("attnlab")
+_warned: set = set()
+
+
+@dataclass(frozen=True)
+class TokenWeighting:
+    """Weights for token positions of one prompt whose context is ``length`` tokens long."""
+
+    length: int
+    weights: tuple[tuple[int, float], ...]  # (position in the context, weight)
+
+    def key_weights(self, n_txt: int) -> torch.Tensor | None:
+        """n_txt -> (n_txt,) weight per text key, 1 elsewhere; positions repeat every ``length`` keys (the host
+        repeats a shorter context to batch it with a longer one). None if n_txt is not a multiple of length."""
+        if n_txt % self.length:
+            return None
+        base = torch.ones(self.length)
+        for pos, w in self.weights:
+            base[pos] = w
+        return base.repeat(n_txt // self.length)
+
+
+def key_factors(weights: torch.Tensor, n_k: int, txt: Span, items: tuple[bool, ...] | None, batch: int,
+                neutral: float) -> torch.Tensor:
+    """(n_txt,) text-key factors -> b 1 m 1 over all keys (``neutral`` outside the text span and for unselected
+    batch items)."""
+    full = torch.full((n_k,), neutral)
+    full[txt.as_slice()] = weights
+    full = full.view(1, 1, n_k, 1).expand(batch, 1, n_k, 1)
+    if items is None:
+        return full
+    keep = torch.tensor(items).view(-1, 1, 1, 1)
+    return torch.where(keep, full, torch.full_like(full, neutral))
+
+
+def _p2p(call: AttnCall, factors: torch.Tensor) -> AttnCall:
+    """Scale values by b 1 m 1 factors: p_j v_j -> p_j w_j v_j, rows not renormalised."""
+    return call.with_(v=call.v * factors.to(call.v))
+
+
+def _renormalise(call: AttnCall, factors: torch.Tensor) -> AttnCall:
+    """Add log(w) to the logits of each key: b 1 m 1 factors -> bias b 1 1 m."""
+    bias = factors.transpose(-1, -2).to(device=call.q.device, dtype=torch.float32).log().to(call.q.dtype)
+    return call.with_(bias=add_bias(call.bias, bias))
+
+
+# mode -> (the call edit for b 1 m 1 key factors, whether negative weights make sense)
+MODES: dict[str, tuple[Callable[[AttnCall, torch.Tensor], AttnCall], bool]] = {
+    "p2p": (_p2p, True),
+    "renormalise": (_renormalise, False),
+}
+
+
+class TokenWeights(Effect):
+    """Reweight the attention image tokens pay to chosen text tokens (cross-attention, or the image-to-text part
+    of joint attention)."""
+
+    node_id = "AttnLabTokenWeights"
+    supported_kinds = frozenset({CROSS, JOINT})
+
+    def __init__(self, schedule: Schedule, weighting: TokenWeighting, mode: str = "p2p"):
+        super().__init__(schedule)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not '{mode}'")
+        if not MODES[mode][1] and any(w < 0 for _, w in weighting.weights):
+            raise ValueError(f"mode '{mode}' takes weights of 0 or more")
+        self.weighting, self.mode = weighting, mode
+
+    @property
+    def neutral(self) -> bool:
+        return all(w == 1.0 for _, w in self.weighting.weights)
+
+    def attend(self, call: AttnCall, site: Site, inner: Backend) -> torch.Tensor:
+        txt = site.layout.txt_k
+        weights = self.weighting.key_weights(len(txt)) if txt is not None else None
+        if weights is None:
+            if txt is not None and (id(self), len(txt)) not in _warned:
+                _warned.add((id(self), len(txt)))
+                log.warning("AttnLabTokenWeights: the conditioning here has %d text tokens, not a multiple of the "
+                            "%d its prompt encodes to, so the weights are skipped. Type the prompt exactly as "
+                            "encoded for the sampler, with the same CLIP.", len(txt), self.weighting.length)
+            return inner(call)
+        factors = key_factors(weights, call.k.shape[2], txt, self.schedule.items(site), call.q.shape[0], 1.0)
+        edited = MODES[self.mode][0](call, factors.to(call.q.device))
+        img = site.layout.img_q
+        if site.kind != JOINT or img is None:
+            return inner(edited)
+        runner: RowRunner = lambda rows, a, z: inner(call_rows(edited, a, z))
+        return run_rows(call, [(img, runner)], inner, max(1, len(img)))
+
+    def settings(self) -> str:
+        shown = ", ".join(f"@{p}:{w:g}" for p, w in self.weighting.weights)
+        return f"{self.mode} {shown}"
+
