@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from . import regions as rg
+from .context import match_items
 from .effect import AttnCall, Backend, Effect, ModelInputs
 from .maps import RowRunner, add_bias, call_items, default_chunk, explicit_attention, run_rows
 from .schedule import Schedule
@@ -195,7 +196,7 @@ class RegionalPrompt(Effect):
     def prepare(self, inputs: ModelInputs) -> RegionCall:
         if inputs.context is None:
             return RegionCall([None] * len(inputs.chunks))
-        return RegionCall(rg.match_items(inputs.context, self.regions.contexts))
+        return RegionCall(match_items(inputs.context, self.regions.contexts))
 
     def _site_masks(self, state: RegionCall, site: Site, device) -> torch.Tensor:
         grid = site.layout.grid

@@ -128,20 +128,3 @@ def dense_modulate(logits: torch.Tensor, target: torch.Tensor, gain: torch.Tenso
     change = target * (top - logits) - (1 - target) * (logits - low)
     return logits + torch.where(finite, gain * change, 0.0)
 
-
-def match_items(context: torch.Tensor, refs: tuple[torch.Tensor, ...], tol: float = 1e-3) -> list[int | None]:
-    """context: b m C, refs: each 1 T C -> per batch item, the index of the ref whose T tokens start its context
-    (repeated to m tokens by the host) or None. One host sync for the whole batch."""
-    hits = []
-    for ref in refs:
-        t = ref.shape[1]
-        if ref.shape[-1] != context.shape[-1] or context.shape[1] % t:
-            hits.append(torch.zeros(context.shape[0], dtype=torch.bool, device=context.device))
-            continue
-        ref = ref.to(device=context.device, dtype=context.dtype)
-        err = (context[:, :t] - ref).abs().flatten(1).amax(dim=1)
-        hits.append(err <= tol * (1 + ref.abs().amax()))
-    if not hits:
-        return [None] * context.shape[0]
-    table = torch.stack(hits, dim=1).tolist()
-    return [row.index(True) if True in row else None for row in table]

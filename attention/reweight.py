@@ -13,10 +13,11 @@ from typing import Callable
 
 import torch
 
-from .effect import AttnCall, Backend, Effect
+from .context import REPEAT, prompt_items
+from .effect import AttnCall, Backend, Effect, ModelInputs
 from .maps import RowRunner, add_bias, call_rows, run_rows
 from .schedule import Schedule
-from .site import CROSS, JOINT, Site, Span
+from .site import COND, CROSS, JOINT, Site, Span
 
 log = logging.getLogger("attnlab")
 _warned: set = set()
@@ -24,29 +25,34 @@ _warned: set = set()
 
 @dataclass(frozen=True)
 class TokenWeighting:
-    """Weights for token positions of one prompt whose context is ``length`` tokens long."""
+    """Weights for token positions of one prompt whose context is ``length`` tokens long; ``context`` (1 L C), the
+    prompt's encoding, finds the batch items that carry the prompt (None: every item whose text length is a
+    multiple of ``length``)."""
 
     length: int
     weights: tuple[tuple[int, float], ...]  # (position in the context, weight)
+    context: torch.Tensor | None = None
 
-    def key_weights(self, n_txt: int) -> torch.Tensor | None:
-        """n_txt -> (n_txt,) weight per text key, 1 elsewhere; positions repeat every ``length`` keys (the host
-        repeats a shorter context to batch it with a longer one). None if n_txt is not a multiple of length."""
-        if n_txt % self.length:
-            return None
-        base = torch.ones(self.length)
+    def item_weights(self, how: str | None, n_txt: int) -> torch.Tensor:
+        """(n_txt,) weight per text key of an item whose context repeats the prompt (REPEAT: the host repeats a
+        shorter context to batch it), starts with it (PREFIX), or does not carry it (None: all ones)."""
+        out = torch.ones(n_txt)
+        if how is None or (how == REPEAT and n_txt % self.length) or n_txt < self.length:
+            return out
+        copies = n_txt // self.length if how == REPEAT else 1
         for pos, w in self.weights:
-            base[pos] = w
-        return base.repeat(n_txt // self.length)
+            out[[pos + i * self.length for i in range(copies)]] = w
+        return out
 
 
-def key_factors(weights: torch.Tensor, n_k: int, txt: Span, items: tuple[bool, ...] | None, batch: int,
+def key_factors(weights: torch.Tensor, n_k: int, txt: Span, items: tuple[bool, ...] | None,
                 neutral: float) -> torch.Tensor:
-    """(n_txt,) text-key factors -> b 1 m 1 over all keys (``neutral`` outside the text span and for unselected
+    """b n_txt text-key factors -> b 1 m 1 over all keys (``neutral`` outside the text span and for unselected
     batch items)."""
-    full = torch.full((n_k,), neutral)
-    full[txt.as_slice()] = weights
-    full = full.view(1, 1, n_k, 1).expand(batch, 1, n_k, 1)
+    batch = weights.shape[0]
+    full = torch.full((batch, n_k), neutral)
+    full[:, txt.as_slice()] = weights
+    full = full.view(batch, 1, n_k, 1)
     if items is None:
         return full
     keep = torch.tensor(items).view(-1, 1, 1, 1)
@@ -90,23 +96,41 @@ class TokenWeights(Effect):
     def neutral(self) -> bool:
         return all(w == 1.0 for _, w in self.weighting.weights)
 
-    def attend(self, call: AttnCall, site: Site, inner: Backend) -> torch.Tensor:
+    def prepare(self, inputs: ModelInputs) -> list[str | None]:
+        """Per batch item: whether its context carries the prompt (REPEAT, PREFIX) or not (None)."""
+        if self.weighting.context is None or inputs.context is None:
+            return [REPEAT] * (inputs.context.shape[0] if inputs.context is not None else len(inputs.chunks))
+        return prompt_items(inputs.context, self.weighting.context)
+
+    def _key_weights(self, site: Site, batch: int) -> torch.Tensor | None:
+        """b n_txt weights for this call's items, or None when no item carries the prompt."""
         txt = site.layout.txt_k
-        weights = self.weighting.key_weights(len(txt)) if txt is not None else None
-        if weights is None:
-            if txt is not None and (id(self), len(txt)) not in _warned:
-                _warned.add((id(self), len(txt)))
-                log.warning("AttnLabTokenWeights: the conditioning here has %d text tokens, not a multiple of the "
-                            "%d its prompt encodes to, so the weights are skipped. Type the prompt exactly as "
-                            "encoded for the sampler, with the same CLIP.", len(txt), self.weighting.length)
+        found = self.state(site)
+        if txt is None or found is None or len(found) != batch:
+            return None
+        if not any(found):
+            self._warn_unmatched(site)
+            return None
+        return torch.stack([self.weighting.item_weights(how, len(txt)) for how in found])
+
+    def attend(self, call: AttnCall, site: Site, inner: Backend) -> torch.Tensor:
+        weights = self._key_weights(site, call.q.shape[0])
+        if weights is None or bool((weights == 1).all()):
             return inner(call)
-        factors = key_factors(weights, call.k.shape[2], txt, self.schedule.items(site), call.q.shape[0], 1.0)
+        factors = key_factors(weights, call.k.shape[2], site.layout.txt_k, self.schedule.items(site), 1.0)
         edited = MODES[self.mode][0](call, factors.to(call.q.device))
         img = site.layout.img_q
         if site.kind != JOINT or img is None:
             return inner(edited)
         runner: RowRunner = lambda rows, a, z: inner(call_rows(edited, a, z))
         return run_rows(call, [(img, runner)], inner, max(1, len(img)))
+
+    def _warn_unmatched(self, site: Site) -> None:
+        if COND in site.chunks and id(self) not in _warned:
+            _warned.add(id(self))
+            log.warning("AttnLabTokenWeights: no conditioning in the batch carries the node's prompt, so the "
+                        "weights do nothing. Type the prompt exactly as encoded for the sampler, with the same "
+                        "CLIP.")
 
     def settings(self) -> str:
         shown = ", ".join(f"@{p}:{w:g}" for p, w in self.weighting.weights)

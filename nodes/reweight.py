@@ -25,11 +25,17 @@ def check_weights(pairs: list[tuple[str, float]], mode: str) -> None:
                              "apply (a log-weight)", "use mode 'p2p' for negative weights, or a weight of 0 or more")
 
 
-def weighting(clip, family: str, prompt: str, pairs: list[tuple[str, float]]) -> TokenWeighting:
-    """Token positions of each phrase in the prompt's context, with their weights."""
-    tokens = prompt_tokens(NODE_ID, clip, family, prompt, [p for p, _ in pairs])
+def weighting(clip, family, prompt: str, pairs: list[tuple[str, float]]) -> TokenWeighting:
+    """Token positions of each phrase in the prompt's context, with their weights, and the prompt's encoding (to
+    find, while sampling, the batch items that carry it)."""
+    tokens = prompt_tokens(NODE_ID, clip, family.name, prompt, [p for p, _ in pairs])
+    context = clip.encode_from_tokens(clip.tokenize(prompt))
+    if context.shape[1] != tokens.length:
+        raise node_error(NODE_ID, "clip", f"this CLIP encodes the prompt to {context.shape[1]} tokens where "
+                         f"{family.label}'s text encoders give {tokens.length}",
+                         f"connect the CLIP loaded for this {family.label} model")
     weights = {pos: w for phrase, w in pairs for pos in tokens.positions[phrase]}
-    return TokenWeighting(tokens.length, tuple(sorted(weights.items())))
+    return TokenWeighting(tokens.length, tuple(sorted(weights.items())), context[:1].detach().cpu())
 
 
 class AttnLabTokenWeights(io.ComfyNode):
@@ -68,5 +74,5 @@ class AttnLabTokenWeights(io.ComfyNode):
         pairs = parse_weights(NODE_ID, weights)
         check_weights(pairs, mode)
         schedule = build_schedule(NODE_ID, model, family, start_percent, end_percent, blocks, kind, apply_to)
-        effect = TokenWeights(schedule, weighting(clip, family.name, prompt, pairs), mode=mode)
+        effect = TokenWeights(schedule, weighting(clip, family, prompt, pairs), mode=mode)
         return io.NodeOutput(add_effect(model, effect, NODE_ID))

@@ -15,14 +15,17 @@ def clip():
 
 
 def model_for(family):
-    from tools.tiny_models import tiny_bundle
-    return tiny_bundle(family)[0]
+    from tools.tiny_models import BUNDLES, build, tiny_bundle
+    return tiny_bundle(family)[0] if family in BUNDLES else build(family).patcher
 
 
-def encode(clip, text=PROMPT):
+def encode(clip, text=PROMPT, family="sd15"):
+    """CLIP Text Encode with the tiny CLIP; families without a tiny bundle take their tiny model's other keys."""
+    from tools.tiny_models import BUNDLES, build
     tokens = clip.tokenize(text)
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-    return [[cond, {"pooled_output": pooled}]]
+    extras = {"pooled_output": pooled} if family in BUNDLES else build(family).conditioning()[0][1]
+    return [[cond, extras]]
 
 
 def token_weights(model, clip, weights, mode="p2p", prompt=PROMPT, apply_to="cond"):
@@ -65,14 +68,14 @@ def cat_positions(clip):
     return prompt_tokens("Test", clip, "sd15", PROMPT, ["cat"]).positions["cat"]
 
 
-@pytest.mark.parametrize("family", ["sd15", "flux", "sd3", "wan21"])
+@pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl", "sd3", "flux", "wan21"])
 def test_weight_two_doubles_the_words_values_for_image_queries(family, clip, sample, engine):
     from tools.tiny_models import build
     t = build(family)
     model = model_for(family)
     before, after = value_spy()
     patched = engine.add_effect(token_weights(engine.add_effect(model, before, "Test"), clip, "cat:2"), after, "Test")
-    sample(patched, t, steps=1, cfg=1.0, positive=encode(clip))
+    sample(patched, t, steps=1, cfg=1.0, positive=encode(clip, family=family))
     (pos,) = cat_positions(clip)
     originals = {id(site): v for site, v in before.seen}
     checked = 0
@@ -91,12 +94,12 @@ def test_weight_two_doubles_the_words_values_for_image_queries(family, clip, sam
     assert checked
 
 
-@pytest.mark.parametrize("family", ["sd15", "flux"])
+@pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl", "sd3", "flux", "wan21"])
 def test_weights_of_one_reproduce_the_unpatched_output_exactly(family, clip, sample):
     from tools.tiny_models import build
     t = build(family)
     model = model_for(family)
-    positive, negative = encode(clip), encode(clip, "blurry")
+    positive, negative = encode(clip, family=family), encode(clip, "blurry", family=family)
     assert torch.equal(sample(token_weights(model, clip, "cat:1, mat:1"), t, steps=2, positive=positive,
                               negative=negative),
                        sample(model, t, steps=2, positive=positive, negative=negative))
@@ -161,3 +164,35 @@ def test_the_unpatched_branch_stays_bit_identical(clip, sample):
     before = sample(model, t, steps=2, positive=positive)
     token_weights(model, clip, "cat:3")
     assert torch.equal(sample(model, t, steps=2, positive=positive), before)
+
+
+def test_composes_with_a_regional_prompt_on_the_joined_context(clip, sample, engine):
+    """The regional prompt joins the base prompt with region prompts (231 tokens); the weights find the base
+    prompt as the context's prefix and weight its word only, not the same position in the regions' prompts."""
+    from attention_lab.nodes.regions import AttnLabRegion, AttnLabRegionalPrompt
+    from tools.tiny_models import build
+    t = build("sd15")
+    mask = torch.zeros(1, 64, 64)
+    mask[..., :32] = 1
+    regions = AttnLabRegion.execute(encode(clip, "a dog on a rug"), mask, 1.0, None).args[0]
+    regions = AttnLabRegion.execute(encode(clip, "a fox in a box"), 1 - mask, 1.0, regions).args[0]
+    out = AttnLabRegionalPrompt.execute(model_for("sd15"), encode(clip), regions, "hard", 0.0, 1.0, 0.0, 1.0, "",
+                                        "all", "cond")
+    model, positive = out.args
+    assert positive[0][0].shape[1] == 3 * 77
+    before, after = value_spy()
+    patched = engine.add_effect(token_weights(engine.add_effect(model, before, "Test"), clip, "cat:2"), after,
+                                "Test")
+    sample(patched, t, steps=1, cfg=1.0, positive=positive)
+    (pos,) = cat_positions(clip)
+    originals = {id(site): v for site, v in before.seen}
+    checked = 0
+    for site, _, v in after.seen:
+        if site.kind != "cross" or id(site) not in originals:
+            continue
+        ratio = v[..., :, 0] / originals[id(site)][..., :, 0]
+        expected = torch.ones(v.shape[2])
+        expected[pos] = 2.0
+        torch.testing.assert_close(ratio[0, 0], expected)
+        checked += 1
+    assert checked

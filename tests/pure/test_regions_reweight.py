@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from attention_lab.attention import regions as rg
 from attention_lab.attention.address import BlockAddress
+from attention_lab.attention.context import PREFIX, REPEAT, match_items, prompt_items
 from attention_lab.attention.effect import PREPARED, AttnCall, ModelInputs
 from attention_lab.attention.maps import attention_probs
 from attention_lab.attention.regional import RegionalPrompt, RegionSet
@@ -214,14 +215,17 @@ def test_match_items_finds_repeated_and_foreign_contexts():
     joined, _ = region_setup()
     other = torch.randn(1, 24, C)
     context = torch.cat([other, joined.repeat(1, 2, 1)])
-    assert rg.match_items(context, (joined,)) == [None, 0]
-    assert rg.match_items(context[:, :13], (joined,)) == [None, None]
+    assert match_items(context, (joined,)) == [None, 0]
+    assert match_items(context[:, :13], (joined,)) == [None, None]
+    assert prompt_items(torch.cat([joined, torch.randn(1, 5, C)], dim=1), joined) == [PREFIX]
+    assert prompt_items(context, joined) == [None, REPEAT]
 
 
 # -- token reweighting -------------------------------------------------------------------------------------------
-def weights_site(effect, kind, t, chunks=(0,), b=1):
+def weights_site(effect, kind, t, chunks=(0,), b=1, context=None):
+    state = effect.prepare(ModelInputs(context, chunks, 1.0))
     return Site("sd15", kind, BlockAddress("input", 1), 2, 4, layout(kind, t), 1.0, 0.0, chunks,
-                {"batch_per_chunk": b // len(chunks)})
+                {"batch_per_chunk": b // len(chunks), PREPARED: {id(effect): state}})
 
 
 def test_p2p_weight_two_doubles_the_tokens_contribution():
@@ -265,4 +269,16 @@ def test_negative_weights_need_p2p_and_ones_are_neutral():
     with pytest.raises(ValueError, match="weights of 0 or more"):
         TokenWeights(Schedule(), TokenWeighting(6, ((2, -1.0),)), mode="renormalise")
     assert TokenWeights(Schedule(), TokenWeighting(6, ((2, 1.0),))).neutral
-    assert TokenWeighting(6, ((2, 2.0),)).key_weights(7) is None
+    assert torch.equal(TokenWeighting(6, ((2, 2.0),)).item_weights(REPEAT, 7), torch.ones(7))
+
+
+def test_weights_find_their_prompt_by_content_repeated_or_as_a_prefix():
+    prompt = torch.randn(1, 6, C)
+    effect = TokenWeights(Schedule(), TokenWeighting(6, ((2, 2.0),), prompt))
+    context = torch.cat([prompt.repeat(1, 2, 1), torch.cat([prompt, torch.randn(1, 6, C)], 1), torch.randn(1, 12, C)])
+    call = random_call(3, N, 12)
+    out = effect.attend(call, weights_site(effect, CROSS, 12, chunks=(0, 0, 1), b=3, context=context), sdpa)
+    v = call.v.clone()
+    v[0, :, [2, 8]] *= 2.0  # the repeated prompt: both copies
+    v[1, :, [2]] *= 2.0  # the prompt then a region's tokens: the prompt's copy only
+    torch.testing.assert_close(out, sdpa(call.with_(v=v)))
