@@ -18,7 +18,7 @@ from ..attention.regions import text_labels
 from ..attention.site import CROSS, JOINT, SELF
 from .errors import node_error
 from .host import add_effect, family_of
-from .schedule_inputs import build_schedule, schedule_inputs
+from .schedule_inputs import build_schedule, check_text_attention, schedule_inputs
 
 log = logging.getLogger("attnlab")
 REGION_ID, REGIONAL_ID = "AttnLabRegion", "AttnLabRegionalPrompt"
@@ -182,9 +182,7 @@ class AttnLabRegionalPrompt(io.ComfyNode):
     def execute(cls, model, conditioning, regions, mode, isolation, weight, start_percent, end_percent, blocks,
                 kind, apply_to) -> io.NodeOutput:
         family = family_of(model, REGIONAL_ID)
-        if not {CROSS, JOINT} & set(family.kinds):
-            raise node_error(REGIONAL_ID, "model", f"{family.label} has no cross- or joint attention to carry "
-                             "region prompts", "use a text-conditioned model")
+        check_text_attention(REGIONAL_ID, family)
         if not regions:
             raise node_error(REGIONAL_ID, "regions", "the region list is empty", "connect AttnLabRegion nodes")
         if not conditioning:

@@ -7,7 +7,7 @@ from ..attention.reweight import MODES, TokenWeighting, TokenWeights
 from ..attention.site import CROSS, JOINT
 from .errors import node_error
 from .host import add_effect, family_of
-from .schedule_inputs import build_schedule, schedule_inputs
+from .schedule_inputs import build_schedule, check_text_attention, schedule_inputs
 from .tokens import parse_weights, prompt_tokens
 
 NODE_ID = "AttnLabTokenWeights"
@@ -67,8 +67,7 @@ class AttnLabTokenWeights(io.ComfyNode):
     def execute(cls, model, clip, prompt, weights, mode, start_percent, end_percent, blocks, kind,
                 apply_to) -> io.NodeOutput:
         family = family_of(model, NODE_ID)
-        if not {CROSS, JOINT} & set(family.kinds):
-            raise node_error(NODE_ID, "model", f"{family.label} has no attention to text", "use a text model")
+        check_text_attention(NODE_ID, family)
         if clip is None:
             raise node_error(NODE_ID, "clip", "no CLIP is connected", "connect the CLIP that encodes the prompt")
         pairs = parse_weights(NODE_ID, weights)

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..attention.address import SELECTOR_HELP, BlockSelector
 from ..attention.schedule import APPLY_TO, Schedule
+from ..attention.site import CROSS, JOINT
 from .errors import node_error
 from .families import Family
 from .sites import model_addresses
@@ -64,6 +65,13 @@ def _check_selects(node_id: str, selector: BlockSelector, model, family: Family)
         raise node_error(node_id, "blocks", f"'{', '.join(unmatched)}' selects no block of this {family.label} "
                          f"model (its groups: {', '.join(groups)}, e.g. {addresses[0]} .. {addresses[-1]})",
                          "fix or remove that term; AttnLabInspect lists every block")
+
+
+def check_text_attention(node_id: str, family: Family) -> None:
+    """An error naming the node when the family has no attention from image to text (cross or joint)."""
+    if not {CROSS, JOINT} & set(family.kinds):
+        raise node_error(node_id, "model", f"{family.label} has no cross- or joint attention to carry text",
+                         "use a text-conditioned model (SD, SDXL, SD3, Flux, WAN, ...)")
 
 
 def build_schedule(node_id: str, model, family: Family, start_percent: float, end_percent: float,

@@ -255,3 +255,14 @@ def test_the_unpatched_branch_stays_bit_identical(tiny, sample):
     before = sample(t.patcher, t, steps=2, positive=base)
     regional(t.patcher, base, make_regions(t), isolation=0.5)
     assert torch.equal(sample(t.patcher, t, steps=2, positive=base), before)
+
+
+def test_a_family_without_text_attention_is_refused_by_name():
+    from attention_lab.attention.site import SELF
+    from attention_lab.nodes.families import DIT, DitGroup, Family
+    from attention_lab.nodes.schedule_inputs import check_text_attention
+    unconditional = Family("uncond", "An unconditional DiT", DIT, (), 256 * 256,
+                           dit_groups=(DitGroup("double_block", "block", "blocks", (SELF,)),))
+    with pytest.raises(ValueError, match=r"AttnLabRegionalPrompt: input 'model': An unconditional DiT has no cross- "
+                                         r"or joint attention to carry text. Fix: use a text-conditioned model"):
+        check_text_attention("AttnLabRegionalPrompt", unconditional)
