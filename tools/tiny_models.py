@@ -268,6 +268,21 @@ def tiny_sd1_clip(seed: int = 0):
     return clip
 
 
+def tiny_controlnet(tiny: TinyModel, seed: int = 1):
+    """A comfy.controlnet.ControlNet for a tiny UNet model: the host's ControlNet class with the UNet's config
+    (hint: b h w 3 images at 8x the latent size)."""
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.ops
+    from comfy.cldm.cldm import ControlNet
+
+    skip = {"out_channels", "dtype", "image_model", "use_temporal_attention", "use_temporal_resblock"}
+    config = {k: v for k, v in tiny.patcher.model.model_config.unet_config.items() if k not in skip}
+    net = ControlNet(hint_channels=3, dtype=torch.float32, operations=comfy.ops.disable_weight_init, **config)
+    init_weights_(net, seed)
+    return comfy.controlnet.ControlNet(net, load_device=mm.get_torch_device())
+
+
 class FramewiseAutoencoder(torch.nn.Module):
     """Wraps an image autoencoder for video latents b c t h w by folding frames into the batch (smoke runs only:
     no temporal compression)."""

@@ -266,3 +266,24 @@ def test_a_family_without_text_attention_is_refused_by_name():
     with pytest.raises(ValueError, match=r"AttnLabRegionalPrompt: input 'model': An unconditional DiT has no cross- "
                                          r"or joint attention to carry text. Fix: use a text-conditioned model"):
         check_text_attention("AttnLabRegionalPrompt", unconditional)
+
+
+def test_composes_with_a_controlnet_on_the_joined_conditioning(tiny, sample, engine):
+    """Core's ControlNet Apply on the regional conditioning: the control still steers the sample and the regions'
+    cut still holds (the joined context keeps its tokens; the ControlNet only adds a key)."""
+    import nodes
+    from tools.tiny_models import tiny_controlnet
+    t = tiny("sd15")
+    model, positive = regional(t.patcher, t.conditioning(length=BASE, seed=3), make_regions(t))
+    negative = t.conditioning(length=BASE, seed=5, negative=True)
+    hint = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(0))
+    controlled, negative_c = nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, tiny_controlnet(t),
+                                                                              hint, 1.0, 0.0, 1.0)
+    probe = probe_effect()
+    out = sample(engine.add_effect(model, probe, "Test"), t, steps=2, positive=controlled, negative=negative_c)
+    assert (out - sample(model, t, steps=2, positive=positive, negative=negative)).abs().max() > 1e-3
+    touched = [(s, p) for s, p, b in probe.calls if s.kind == "cross" and b and p.shape[2] == s.layout.n_q]
+    assert touched
+    for site, probs in touched:
+        left, _ = left_tokens(site)
+        assert probs[0][:, left][..., text_columns(site, BASE + 4, BASE + 6)].abs().max() == 0
