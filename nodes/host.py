@@ -12,6 +12,7 @@ from ..attention.effect import Effect
 from ..attention.stack import EffectStack
 from .dispatch import (FAMILY_KEY, STACK_KEY, BlockTagger, Dispatcher, UnetCheck, UnetTag, apply_model_wrapper,
                        callable_name, is_ours)
+from .batching import repeat_short_contexts
 from .guidance_runtime import apply_guidance, guidance_batch_wrapper
 from .families import UNET, Family, family_of_config, supported_labels
 from .errors import node_error
@@ -20,6 +21,7 @@ log = logging.getLogger("attnlab")
 
 OVERRIDE_KEY = "optimized_attention_override"
 WRAPPER_KEY = "attnlab"
+CONTEXT_BATCHING_KEY = "attnlab_context_batching"
 _UNET_PATCHES = (("attn1_patch", UnetTag("self")), ("attn2_patch", UnetTag("cross")),
                  ("attn1_output_patch", UnetCheck("attn1")), ("attn2_output_patch", UnetCheck("attn2")))
 
@@ -70,6 +72,16 @@ def add_guidance(model, effect: Effect, node_id: str, needs_uncond: bool = False
     if apply_guidance not in m.model_options.get("sampler_post_cfg_function", []):
         m.set_model_sampler_post_cfg_function(apply_guidance)
     return m
+
+
+def add_context_batching(model):
+    """Keep ``model``'s long joined prompts batchable with shorter ones (see nodes.batching); ``model`` is a clone
+    the caller owns."""
+    import comfy.patcher_extension as pe
+
+    if not model.get_wrappers(pe.WrappersMP.CALC_COND_BATCH, CONTEXT_BATCHING_KEY):
+        model.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, CONTEXT_BATCHING_KEY, repeat_short_contexts)
+    return model
 
 
 def _install_override(to: dict) -> None:

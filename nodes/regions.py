@@ -17,7 +17,7 @@ from ..attention.regional import MODES, RegionalPrompt, RegionSet
 from ..attention.regions import text_labels
 from ..attention.site import CROSS, JOINT, SELF
 from .errors import node_error
-from .host import add_effect, family_of
+from .host import add_context_batching, add_effect, family_of
 from .schedule_inputs import build_schedule, check_text_attention, schedule_inputs
 
 log = logging.getLogger("attnlab")
@@ -200,4 +200,4 @@ class AttnLabRegionalPrompt(io.ComfyNode):
         effect = RegionalPrompt(schedule, region_set, mode=mode, isolation=isolation, weight=weight)
         if effect.neutral:
             return io.NodeOutput(add_effect(model, effect, REGIONAL_ID), conditioning)
-        return io.NodeOutput(add_effect(model, effect, REGIONAL_ID), joined)
+        return io.NodeOutput(add_context_batching(add_effect(model, effect, REGIONAL_ID)), joined)

@@ -287,3 +287,39 @@ def test_composes_with_a_controlnet_on_the_joined_conditioning(tiny, sample, eng
     for site, probs in touched:
         left, _ = left_tokens(site)
         assert probs[0][:, left][..., text_columns(site, BASE + 4, BASE + 6)].abs().max() == 0
+
+
+def test_a_long_joined_prompt_still_shares_the_negative_prompts_model_call(tiny, sample):
+    """Base and four regions of 6 tokens join to 30, five times the negative's 6: past the host's limit of 4 copies,
+    so without help cond and uncond would run as two model calls. The regional model repeats the negative's context
+    to 30 tokens (attention over a repeated context is unchanged), so they share one call, with the same result."""
+    import comfy.patcher_extension as pe
+    from attention_lab.nodes.host import CONTEXT_BATCHING_KEY
+    from attention_lab.nodes.regions import AttnLabRegion
+    t = tiny("sd15")
+    regions = None
+    for i in range(4):
+        mask = torch.zeros(1, 64, 64)
+        mask[:, (i // 2) * 32:(i // 2 + 1) * 32, (i % 2) * 32:(i % 2 + 1) * 32] = 1
+        regions = AttnLabRegion.execute(t.conditioning(length=BASE, seed=30 + i), mask, 1.0, regions).args[0]
+    model, positive = regional(t.patcher, t.conditioning(length=BASE, seed=3), regions)
+    negative = t.conditioning(length=BASE, seed=5, negative=True)
+
+    def counted(m):
+        m, batches = m.clone(), []
+
+        def wrapper(apply_model, args):
+            batches.append(args["input"].shape[0])
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        m.set_model_unet_function_wrapper(wrapper)
+        return m, batches
+
+    one, batches = counted(model)
+    out = sample(one, t, steps=2, positive=positive, negative=negative)
+    assert batches == [2, 2]
+    separate, batches = counted(model)
+    separate.remove_wrappers_with_key(pe.WrappersMP.CALC_COND_BATCH, CONTEXT_BATCHING_KEY)
+    reference = sample(separate, t, steps=2, positive=positive, negative=negative)
+    assert batches == [1, 1, 1, 1]
+    # float32 rounding of the longer sum only (the tiny random model's latents reach a few hundred)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
