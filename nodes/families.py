@@ -41,6 +41,7 @@ class Family:
     native_groups: dict = field(default_factory=dict)  # host's block_type -> our group (newer hosts)
     context_key: tuple[str, ...] = ("context_dim",)  # path in the unet config to the text context width
     vae_temporal: int = 1  # pixel frames per latent frame (video VAEs)
+    repeatable_context: bool = False  # text is only attended by cross-attention: a repeated context is exact
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -82,7 +83,8 @@ FAMILIES: tuple[Family, ...] = (
            native_groups={"double": "double", "single": "single"}, context_key=("context_in_dim",)),
     Family("wan21", "WAN 2.1 / 2.2", DIT, ("WAN21_T2V",), 832 * 480, patch=(1, 2, 2),
            dit_groups=(DitGroup("double_block", "block", "blocks", (SELF, CROSS, CROSS)),),
-           native_groups={"double": "block"}, context_key=("text_dim",), vae_temporal=4),
+           native_groups={"double": "block"}, context_key=("text_dim",), vae_temporal=4,
+           repeatable_context=True),
     HunyuanFamily("hunyuan_video", "HunyuanVideo", DIT, ("HunyuanVideo",), 720 * 1280, patch=(1, 2, 2),
                   dit_groups=_FLUX_GROUPS, txt_first=False, native_groups={"double": "double", "single": "single"},
                   context_key=("context_in_dim",), vae_temporal=4),

@@ -12,7 +12,7 @@ from ..attention.effect import Effect
 from ..attention.stack import EffectStack
 from .dispatch import (FAMILY_KEY, STACK_KEY, BlockTagger, Dispatcher, UnetCheck, UnetTag, apply_model_wrapper,
                        callable_name, is_ours)
-from .batching import repeat_short_contexts
+from .batching import context_batching_wrapper
 from .guidance_runtime import apply_guidance, guidance_batch_wrapper
 from .families import UNET, Family, family_of_config, supported_labels
 from .errors import node_error
@@ -74,13 +74,14 @@ def add_guidance(model, effect: Effect, node_id: str, needs_uncond: bool = False
     return m
 
 
-def add_context_batching(model):
+def add_context_batching(model, family: Family):
     """Keep ``model``'s long joined prompts batchable with shorter ones (see nodes.batching); ``model`` is a clone
     the caller owns."""
     import comfy.patcher_extension as pe
 
     if not model.get_wrappers(pe.WrappersMP.CALC_COND_BATCH, CONTEXT_BATCHING_KEY):
-        model.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, CONTEXT_BATCHING_KEY, repeat_short_contexts)
+        model.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, CONTEXT_BATCHING_KEY,
+                                   context_batching_wrapper(family.repeatable_context))
     return model
 
 

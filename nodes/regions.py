@@ -200,4 +200,4 @@ class AttnLabRegionalPrompt(io.ComfyNode):
         effect = RegionalPrompt(schedule, region_set, mode=mode, isolation=isolation, weight=weight)
         if effect.neutral:
             return io.NodeOutput(add_effect(model, effect, REGIONAL_ID), conditioning)
-        return io.NodeOutput(add_context_batching(add_effect(model, effect, REGIONAL_ID)), joined)
+        return io.NodeOutput(add_context_batching(add_effect(model, effect, REGIONAL_ID), family), joined)

@@ -289,14 +289,16 @@ def test_composes_with_a_controlnet_on_the_joined_conditioning(tiny, sample, eng
         assert probs[0][:, left][..., text_columns(site, BASE + 4, BASE + 6)].abs().max() == 0
 
 
-def test_a_long_joined_prompt_still_shares_the_negative_prompts_model_call(tiny, sample):
+@pytest.mark.parametrize("family", ["sd15", "wan21"])
+def test_a_long_joined_prompt_still_shares_the_negative_prompts_model_call(family, tiny, sample):
     """Base and four regions of 6 tokens join to 30, five times the negative's 6: past the host's limit of 4 copies,
-    so without help cond and uncond would run as two model calls. The regional model repeats the negative's context
-    to 30 tokens (attention over a repeated context is unchanged), so they share one call, with the same result."""
+    so without help cond and uncond would run as two model calls (on WAN, any length difference would). The regional
+    model repeats the negative's context to 30 tokens (attention over a repeated context is unchanged), so they
+    share one call, with the same result."""
     import comfy.patcher_extension as pe
     from attention_lab.nodes.host import CONTEXT_BATCHING_KEY
     from attention_lab.nodes.regions import AttnLabRegion
-    t = tiny("sd15")
+    t = tiny(family)
     regions = None
     for i in range(4):
         mask = torch.zeros(1, 64, 64)
