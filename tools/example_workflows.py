@@ -118,19 +118,47 @@ def slg_wan(g: Graph) -> None:
 TOKEN_PROMPT = "a cat wearing a tall red hat, sitting on a wooden chair, cozy living room, photo"
 
 
+TOKEN_NOTE = ("## Token weights in attention\n\n**AttnLabTokenWeights** finds the named words' tokens in the prompt "
+              "(with the CLIP you connect) and reweights the attention image tokens pay to them: `red hat:1.8` "
+              "nearly doubles it (Prompt-to-Prompt's reweighting), `chair:0.5` halves it. Type the prompt exactly "
+              "as in the positive CLIP Text Encode. `renormalise` mode is gentler (the other words give way).")
+
+
+def _token_weights(g: Graph, model, clip, pos, neg, latent, vae, steps: int, cfg: float, note: str) -> None:
+    weights = g.add("AttnLabTokenWeights", [TOKEN_PROMPT, "red hat:1.8, chair:0.5", "p2p", 0.0, 1.0, "", "all",
+                                            "cond"], model=model, clip=clip)
+    _sample_and_save(g, model, pos, neg, latent, vae, "attnlab_plain", steps, cfg, "KSampler (plain)")
+    _sample_and_save(g, (weights, 0), pos, neg, latent, vae, "attnlab_token_weights", steps, cfg,
+                     "KSampler (token weights)")
+    g.note(TOKEN_NOTE + note)
+
+
 def token_weights_sd15(g: Graph) -> None:
     ckpt, pos, neg, latent = _text_to_image(g, "v1-5-pruned-emaonly.safetensors", TOKEN_PROMPT,
                                             "blurry, lowres, deformed", "EmptyLatentImage", 512)
-    weights = g.add("AttnLabTokenWeights", [TOKEN_PROMPT, "red hat:1.8, chair:0.5", "p2p", 0.0, 1.0, "", "all",
-                                            "cond"], model=(ckpt, 0), clip=(ckpt, 1))
-    _sample_and_save(g, (ckpt, 0), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), "attnlab_plain", 20, 7.0,
-                     "KSampler (plain)")
-    _sample_and_save(g, (weights, 0), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), "attnlab_token_weights", 20, 7.0,
-                     "KSampler (token weights)")
-    g.note("## Token weights in attention\n\n**AttnLabTokenWeights** finds the named words' tokens in the prompt "
-           "(with the CLIP you connect) and reweights the attention image tokens pay to them: `red hat:1.8` nearly "
-           "doubles it (Prompt-to-Prompt's reweighting), `chair:0.5` halves it. Type the prompt exactly as in the "
-           "positive CLIP Text Encode. `renormalise` mode is gentler (the other words give way).")
+    _token_weights(g, (ckpt, 0), (ckpt, 1), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), 20, 7.0,
+                   " On SD1.5 the weights act in every UNet cross-attention.")
+
+
+def token_weights_sdxl(g: Graph) -> None:
+    ckpt, pos, neg, latent = _text_to_image(g, "sd_xl_base_1.0.safetensors", TOKEN_PROMPT, "blurry, lowres",
+                                            "EmptyLatentImage", 1024)
+    _token_weights(g, (ckpt, 0), (ckpt, 1), (pos, 0), (neg, 0), (latent, 0), (ckpt, 2), 25, 6.0,
+                   " On SDXL the words are found in both text encoders' tokens (CLIP-G and CLIP-L sit side by "
+                   "side).")
+
+
+def token_weights_flux(g: Graph) -> None:
+    unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"], title="Load Flux", column=0)
+    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], column=0)
+    vae = g.add("VAELoader", ["ae.safetensors"], column=0)
+    pos = g.add("CLIPTextEncode", [TOKEN_PROMPT], title="Positive", clip=(clip, 0))
+    guided = g.add("FluxGuidance", [3.5], conditioning=(pos, 0))
+    neg = g.add("CLIPTextEncode", [""], title="Negative (unused at cfg 1)", clip=(clip, 0))
+    latent = g.add("EmptySD3LatentImage", [1024, 1024, 1], column=1)
+    _token_weights(g, (unet, 0), (clip, 0), (guided, 0), (neg, 0), (latent, 0), (vae, 0), 20, 1.0,
+                   " On Flux the words are found among the T5 tokens, and only the image rows of joint attention "
+                   "change (the text stream is left alone).")
 
 
 def _half_masks(g: Graph, size: int):
@@ -217,7 +245,8 @@ def regional_flux(g: Graph) -> None:
 
 EXAMPLES = {"temperature_sd15": temperature_sd15, "guidance_pag_seg_sdxl": guidance_pag_seg_sdxl,
             "slg_sd35": slg_sd35, "nag_flux_cfg1": nag_flux_cfg1, "slg_wan": slg_wan,
-            "token_weights_sd15": token_weights_sd15, "regional_sd15": regional_sd15,
+            "token_weights_sd15": token_weights_sd15, "token_weights_sdxl": token_weights_sdxl,
+            "token_weights_flux": token_weights_flux, "regional_sd15": regional_sd15,
             "regional_sdxl": regional_sdxl, "regional_flux": regional_flux}
 
 
