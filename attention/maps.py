@@ -95,7 +95,7 @@ def call_rows(call: AttnCall, start: int, stop: int) -> AttnCall:
     return call.with_(q=call.q[:, :, start:stop], bias=_bias_rows(call.bias, start, stop))
 
 
-def call_items(call: AttnCall, items: torch.Tensor) -> AttnCall:
+def call_items(call: AttnCall, items: list[int]) -> AttnCall:
     """The call restricted to batch items ``items`` (a bias with one batch row is shared)."""
     bias = call.bias
     if bias is not None and bias.shape[0] > 1:

@@ -37,10 +37,11 @@ class RegionSet:
 
 @dataclass
 class RegionCall:
-    """Per model call: which joined context each batch item carries (None: not ours), and per-grid caches."""
+    """Per model call: which joined context each batch item carries (None: not ours), and caches per token grid
+    and per text length."""
 
     items: list[int | None]
-    masks: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -57,15 +58,10 @@ class RegionSite:
     weight: float
     image_rules: bool  # whether image-to-image rules (isolation, dense self modulation) run at this site
 
-    def touched(self) -> torch.Tensor:
-        """b bool: items some rule changes here (the others run the host's kernel untouched)."""
-        text = (self.labels != rg.NOT_OURS).any(dim=1) if self.labels is not None else False
-        image = self.image_items if self.image_rules else False
-        return torch.as_tensor(text | image, device=self.masks.device)
-
-    def subset(self, items: torch.Tensor) -> "RegionSite":
-        labels = self.labels[items] if self.labels is not None else None
-        return replace(self, labels=labels, image_items=self.image_items[items])
+    def subset(self, items: list[int]) -> "RegionSite":
+        index = torch.tensor(items, device=self.masks.device)
+        labels = self.labels[index] if self.labels is not None else None
+        return replace(self, labels=labels, image_items=self.image_items[index])
 
     def weights(self, rows: slice) -> torch.Tensor:
         """R c: mask x strength at image query rows ``rows``."""
@@ -172,7 +168,7 @@ def _text_rows(rs: RegionSite, inner: Backend) -> RowRunner:
     def run(rows: AttnCall, start: int, stop: int) -> torch.Tensor:
         row_labels = rs.labels[:, start - txt.start:stop - txt.start]
         bias = rg.text_rows_bias(row_labels, rs.labels, rs.masks, img_first)
-        return inner(rows.with_(bias=add_bias(rows.bias, bias.to(rows.q.dtype))))
+        return inner(rows.with_(bias=add_bias(rows.bias, _to(bias, rows))))
     return run
 
 
@@ -200,53 +196,62 @@ class RegionalPrompt(Effect):
 
     def _site_masks(self, state: RegionCall, site: Site, device) -> torch.Tensor:
         grid = site.layout.grid
-        if grid not in state.masks:
+        if grid not in state.cache:
             try:
-                state.masks[grid] = rg.grid_masks(self.regions.masks, grid, self.regions.temporal).to(device)
+                state.cache[grid] = rg.grid_masks(self.regions.masks, grid, self.regions.temporal).to(device)
             except ValueError as e:
                 frames, t = grid[0], self.regions.temporal
                 raise ValueError(f"AttnLabRegion: input 'mask': {e}. Fix: give one mask, or one per frame "
                                  f"({(frames - 1) * t + 1} video frames or {frames} latent frames).") from None
-        return state.masks[grid]
+        return state.cache[grid]
+
+    def _text_items(self, state: RegionCall, site: Site) -> list[bool]:
+        """Per batch item: whether it carries a joined context that fits this site's text keys."""
+        txt = site.layout.txt_k
+        if site.kind == SELF or txt is None:
+            return [False] * len(state.items)
+        return [i is not None and len(txt) % len(self.regions.labels[i]) == 0 for i in state.items]
 
     def _labels(self, state: RegionCall, site: Site, device) -> torch.Tensor:
         """b T: the label of each text key for each batch item (NOT_OURS for items without a joined context)."""
         n = len(site.layout.txt_k)
-        rows = [rg.repeat_labels(self.regions.labels[i], n) if i is not None
-                else torch.full((n,), rg.NOT_OURS, dtype=torch.long) for i in state.items]
-        return torch.stack(rows).to(device)
+        if ("labels", n) not in state.cache:
+            rows = [rg.repeat_labels(self.regions.labels[i], n) if i is not None
+                    else torch.full((n,), rg.NOT_OURS, dtype=torch.long) for i in state.items]
+            state.cache[("labels", n)] = torch.stack(rows).to(device)
+        return state.cache[("labels", n)]
 
-    def _image_items(self, state: RegionCall, site: Site, device) -> torch.Tensor:
+    def _image_items(self, state: RegionCall, site: Site) -> list[bool]:
+        """Per batch item: whether image-to-image rules may change it (ours, or uncond when apply_to asks)."""
         selected = self.schedule.items(site) or (True,) * len(state.items)
         chunk_of = [c for c in site.chunks for _ in range(site.batch_per_chunk)]
-        flags = [i is not None or (sel and chunk == UNCOND)
-                 for i, sel, chunk in zip(state.items, selected, chunk_of)]
-        return torch.tensor(flags, device=device)
+        return [i is not None or (sel and chunk == UNCOND) for i, sel, chunk in zip(state.items, selected, chunk_of)]
 
-    def region_site(self, call: AttnCall, site: Site) -> RegionSite | None:
-        """The per-site view of the regions, or None when no rule applies to any batch item here."""
-        state: RegionCall | None = self.state(site)
-        if state is None or len(state.items) != call.q.shape[0] or site.layout.grid is None:
-            return None
-        device = call.q.device
-        image_items = self._image_items(state, site, device)
-        has_text = site.kind != SELF and site.layout.txt_k is not None and any(i is not None for i in state.items)
-        has_image = site.kind != CROSS and (self.isolation > 0 or self.mode == "dense") and bool(image_items.any())
-        if not (has_text or has_image):
-            return None
-        strengths = torch.tensor(self.regions.strengths, device=device, dtype=torch.float32)
-        return RegionSite(site, self._site_masks(state, site, device), strengths,
-                          self._labels(state, site, device) if has_text else None, image_items, self.isolation,
-                          self.weight, has_image)
+    def _touched(self, state: RegionCall, site: Site) -> tuple[list[bool], list[bool], bool]:
+        """(text items, image items, whether image rules run here): all known on the host, no device sync."""
+        text = self._text_items(state, site)
+        image = self._image_items(state, site)
+        image_rules = site.kind != CROSS and (self.isolation > 0 or self.mode == "dense") and any(image)
+        return text, image, image_rules
 
     def attend(self, call: AttnCall, site: Site, inner: Backend) -> torch.Tensor:
-        rs = self.region_site(call, site)
-        if rs is None or site.layout.img_q is None:
+        state: RegionCall | None = self.state(site)
+        if (state is None or len(state.items) != call.q.shape[0] or site.layout.grid is None
+                or site.layout.img_q is None):
             return inner(call)
-        touched = rs.touched()
-        if bool(touched.all()):
+        text, image, image_rules = self._touched(state, site)
+        touched = [t or (i and image_rules) for t, i in zip(text, image)]
+        if not any(touched):
+            return inner(call)
+        device = call.q.device
+        rs = RegionSite(site, self._site_masks(state, site, device),
+                        torch.tensor(self.regions.strengths, device=device, dtype=torch.float32),
+                        self._labels(state, site, device) if any(text) else None,
+                        torch.tensor(image, device=device), self.isolation, self.weight, image_rules)
+        if all(touched):
             return self._run(rs, call, site, inner)
-        idx, rest = touched.nonzero().flatten(), (~touched).nonzero().flatten()
+        idx = [i for i, t in enumerate(touched) if t]
+        rest = [i for i, t in enumerate(touched) if not t]
         out = torch.empty(call.q.shape[0], call.q.shape[2], call.q.shape[1] * call.v.shape[-1],
                           dtype=call.v.dtype, device=call.v.device)
         out[idx] = self._run(rs.subset(idx), call_items(call, idx), site, inner)
