@@ -157,8 +157,9 @@ def _dense(rs: RegionSite, call: AttnCall, inner: Backend) -> RowRunner:
     return run
 
 
-MODES: dict[str, Callable[[RegionSite, AttnCall, Backend], RowRunner]] = {
-    "hard": _hard, "dense": _dense, "paint": _paint}
+# mode -> (runner for image query rows, whether its per-chunk tensors carry a head axis: bounds the chunk size)
+MODES: dict[str, tuple[Callable[[RegionSite, AttnCall, Backend], RowRunner], bool]] = {
+    "hard": (_hard, False), "dense": (_dense, True), "paint": (_paint, True)}
 
 
 def _text_rows(rs: RegionSite, inner: Backend) -> RowRunner:
@@ -259,11 +260,12 @@ class RegionalPrompt(Effect):
         return out
 
     def _run(self, rs: RegionSite, call: AttnCall, site: Site, inner: Backend) -> torch.Tensor:
-        spans = [(site.layout.img_q, MODES[self.mode](rs, call, inner))]
+        runner, per_head = MODES[self.mode]
+        spans = [(site.layout.img_q, runner(rs, call, inner))]
         if site.kind == JOINT and rs.labels is not None and site.layout.txt_q is not None:
             spans.append((site.layout.txt_q, _text_rows(rs, inner)))
         b, h, _, _ = call.q.shape
-        chunk = default_chunk(call.q.shape[2], call.k.shape[2] * b * h)
+        chunk = default_chunk(call.q.shape[2], call.k.shape[2] * b * (h if per_head else 1))
         return run_rows(call, spans, inner, chunk)
 
     def settings(self) -> str:

@@ -42,7 +42,7 @@ def sd15_model(quick: bool):
     return patcher_from_config(sm.SD15, config, 0), latent, cond
 
 
-def flux_model(quick: bool, blocks: tuple[int, int]):
+def flux_model(quick: bool, blocks: tuple[int, int], latent_size: int = 64):
     import comfy.supported_models as sm
     from tools.tiny_models import patcher_from_config
     hidden, heads = (256, 2) if quick else (3072, 24)
@@ -51,7 +51,7 @@ def flux_model(quick: bool, blocks: tuple[int, int]):
               "num_heads": heads, "depth": blocks[0], "depth_single_blocks": blocks[1], "axes_dim": [16, 56, 56],
               "theta": 10000, "qkv_bias": True}
     g = torch.Generator().manual_seed(0)
-    latent = torch.zeros(1, 16, 16, 16) if quick else torch.zeros(1, 16, 64, 64)
+    latent = torch.zeros(1, 16, 16, 16) if quick else torch.zeros(1, 16, latent_size, latent_size)
     cond = [[torch.randn(1, 256, 4096, generator=g), {"pooled_output": torch.randn(1, 768, generator=g),
                                                       "guidance": 3.5}]]
     return patcher_from_config(sm.Flux, config, 0), latent, cond
