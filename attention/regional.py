@@ -206,6 +206,13 @@ class RegionalPrompt(Effect):
                                  f"({(frames - 1) * t + 1} video frames or {frames} latent frames).") from None
         return state.cache[grid]
 
+    @staticmethod
+    def _on_device(state: RegionCall, key, make: Callable[[], torch.Tensor], device) -> torch.Tensor:
+        """``make()`` moved to ``device`` once per model call (cached under ``key``)."""
+        if key not in state.cache:
+            state.cache[key] = make().to(device)
+        return state.cache[key]
+
     def _text_items(self, state: RegionCall, site: Site) -> list[bool]:
         """Per batch item: whether it carries a joined context that fits this site's text keys."""
         txt = site.layout.txt_k
@@ -245,10 +252,11 @@ class RegionalPrompt(Effect):
         if not any(touched):
             return inner(call)
         device = call.q.device
-        rs = RegionSite(site, self._site_masks(state, site, device),
-                        torch.tensor(self.regions.strengths, device=device, dtype=torch.float32),
-                        self._labels(state, site, device) if any(text) else None,
-                        torch.tensor(image, device=device), self.isolation, self.weight, image_rules)
+        strengths = self._on_device(state, "strengths", lambda: torch.tensor(self.regions.strengths), device)
+        items = self._on_device(state, ("items", tuple(image)), lambda: torch.tensor(image), device)
+        rs = RegionSite(site, self._site_masks(state, site, device), strengths,
+                        self._labels(state, site, device) if any(text) else None, items, self.isolation,
+                        self.weight, image_rules)
         if all(touched):
             return self._run(rs, call, site, inner)
         idx = [i for i, t in enumerate(touched) if t]

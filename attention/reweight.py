@@ -8,7 +8,7 @@ Both keep the host's fused kernel; in joint attention only the image query rows 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -43,6 +43,14 @@ class TokenWeighting:
         for pos, w in self.weights:
             out[[pos + i * self.length for i in range(copies)]] = w
         return out
+
+
+@dataclass
+class PromptCall:
+    """Per model call: which items carry the prompt, and the key factors built for each key layout."""
+
+    found: list[str | None]
+    factors: dict = field(default_factory=dict)
 
 
 def key_factors(weights: torch.Tensor, n_k: int, txt: Span, items: tuple[bool, ...] | None,
@@ -96,29 +104,35 @@ class TokenWeights(Effect):
     def neutral(self) -> bool:
         return all(w == 1.0 for _, w in self.weighting.weights)
 
-    def prepare(self, inputs: ModelInputs) -> list[str | None]:
+    def prepare(self, inputs: ModelInputs) -> PromptCall:
         """Per batch item: whether its context carries the prompt (REPEAT, PREFIX) or not (None)."""
         if self.weighting.context is None or inputs.context is None:
-            return [REPEAT] * (inputs.context.shape[0] if inputs.context is not None else len(inputs.chunks))
-        return prompt_items(inputs.context, self.weighting.context)
+            found = [REPEAT] * (inputs.context.shape[0] if inputs.context is not None else len(inputs.chunks))
+        else:
+            found = prompt_items(inputs.context, self.weighting.context)
+        return PromptCall(found)
 
-    def _key_weights(self, site: Site, batch: int) -> torch.Tensor | None:
-        """b n_txt weights for this call's items, or None when no item carries the prompt."""
-        txt = site.layout.txt_k
-        found = self.state(site)
-        if txt is None or found is None or len(found) != batch:
+    def _factors(self, call: AttnCall, site: Site) -> torch.Tensor | None:
+        """b 1 m 1 key factors on the call's device (cached per model call and key layout), or None when no item
+        carries the prompt or no weight changes anything here."""
+        txt, state = site.layout.txt_k, self.state(site)
+        if txt is None or state is None or len(state.found) != call.q.shape[0]:
             return None
-        if not any(found):
+        if not any(state.found):
             self._warn_unmatched(site)
             return None
-        return torch.stack([self.weighting.item_weights(how, len(txt)) for how in found])
+        key = (call.k.shape[2], txt, self.schedule.items(site), call.q.device)
+        if key not in state.factors:
+            weights = torch.stack([self.weighting.item_weights(how, len(txt)) for how in state.found])
+            state.factors[key] = None if bool((weights == 1).all()) else key_factors(
+                weights, call.k.shape[2], txt, key[2], 1.0).to(call.q.device)
+        return state.factors[key]
 
     def attend(self, call: AttnCall, site: Site, inner: Backend) -> torch.Tensor:
-        weights = self._key_weights(site, call.q.shape[0])
-        if weights is None or bool((weights == 1).all()):
+        factors = self._factors(call, site)
+        if factors is None:
             return inner(call)
-        factors = key_factors(weights, call.k.shape[2], site.layout.txt_k, self.schedule.items(site), 1.0)
-        edited = MODES[self.mode][0](call, factors.to(call.q.device))
+        edited = MODES[self.mode][0](call, factors)
         img = site.layout.img_q
         if site.kind != JOINT or img is None:
             return inner(edited)
