@@ -28,6 +28,14 @@ def _sample_and_save(g: Graph, model, pos, neg, latent, vae, prefix: str, steps:
     g.add("SaveImage", [prefix], images=(image, 0))
 
 
+def _flux_loaders(g: Graph):
+    """Flux dev's model, its two text encoders and its VAE, as users load them."""
+    unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"], title="Load Flux", column=0)
+    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], column=0)
+    vae = g.add("VAELoader", ["ae.safetensors"], column=0)
+    return unet, clip, vae
+
+
 def temperature_sd15(g: Graph) -> None:
     ckpt, pos, neg, latent = _text_to_image(
         g, "v1-5-pruned-emaonly.safetensors", "a lighthouse on a rocky cliff at sunset, crashing waves, detailed",
@@ -79,9 +87,7 @@ def slg_sd35(g: Graph) -> None:
 
 
 def nag_flux_cfg1(g: Graph) -> None:
-    unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"], title="Load Flux", column=0)
-    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], column=0)
-    vae = g.add("VAELoader", ["ae.safetensors"], column=0)
+    unet, clip, vae = _flux_loaders(g)
     pos = g.add("CLIPTextEncode", ["a cozy reading nook by a rainy window, warm lamp light"], title="Positive",
                 clip=(clip, 0))
     neg = g.add("CLIPTextEncode", ["people, text, watermark, cartoon"], title="Negative (for NAG)", clip=(clip, 0))
@@ -149,9 +155,7 @@ def token_weights_sdxl(g: Graph) -> None:
 
 
 def token_weights_flux(g: Graph) -> None:
-    unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"], title="Load Flux", column=0)
-    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], column=0)
-    vae = g.add("VAELoader", ["ae.safetensors"], column=0)
+    unet, clip, vae = _flux_loaders(g)
     pos = g.add("CLIPTextEncode", [TOKEN_PROMPT], title="Positive", clip=(clip, 0))
     guided = g.add("FluxGuidance", [3.5], conditioning=(pos, 0))
     neg = g.add("CLIPTextEncode", [""], title="Negative (unused at cfg 1)", clip=(clip, 0))
@@ -228,9 +232,7 @@ def regional_sdxl(g: Graph) -> None:
 
 
 def regional_flux(g: Graph) -> None:
-    unet = g.add("UNETLoader", ["flux1-dev.safetensors", "default"], title="Load Flux", column=0)
-    clip = g.add("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], column=0)
-    vae = g.add("VAELoader", ["ae.safetensors"], column=0)
+    unet, clip, vae = _flux_loaders(g)
     neg = g.add("CLIPTextEncode", [""], title="Negative (unused at cfg 1)", clip=(clip, 0))
     latent = g.add("EmptySD3LatentImage", [1024, 1024, 1], column=1)
     node, _, _ = _regions(g, (clip, 0), 1024, ("an astronaut in a white suit", "a knight in shining armor"),
