@@ -112,14 +112,20 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def common_arguments(doc: str, repeats: int, cfg: float) -> argparse.ArgumentParser:
+    """The options every benchmark here takes: --steps, --repeats, --cfg, --quick, --only."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--cfg", type=float, default=1.0, help="1.0: one model call per step (default)")
-    p.add_argument("--sdpa", action="store_true", help="PyTorch SDPA attention instead of the host default")
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--cfg", type=float, default=cfg, help="1.0: one model call per step")
     p.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
     p.add_argument("--only", choices=["sd15", "flux"])
+    return p
+
+
+def main(argv=None) -> int:
+    p = common_arguments(__doc__, repeats=5, cfg=1.0)
+    p.add_argument("--sdpa", action="store_true", help="PyTorch SDPA attention instead of the host default")
     p.add_argument("--flux-blocks", type=int, nargs=2, default=(1, 2), metavar=("DOUBLE", "SINGLE"))
     args = p.parse_args(argv)
     hostenv.bootstrap(sdpa=args.sdpa or None)

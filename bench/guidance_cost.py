@@ -17,12 +17,11 @@ saving the goal counts on comes from GPU utilisation at small batches. The table
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 
-from bench.engine_overhead import RESULTS, flux_model, round_robin, sample, sd15_model
+from bench.engine_overhead import RESULTS, common_arguments, flux_model, round_robin, sample, sd15_model
 from tools import hostenv
 
 
@@ -76,12 +75,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cfg", type=float, default=4.0)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", choices=["sd15", "flux"])
+    p = common_arguments(__doc__, repeats=3, cfg=4.0)
     args = p.parse_args(argv)
     hostenv.bootstrap()
     hostenv.register_pack()

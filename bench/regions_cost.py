@@ -21,14 +21,13 @@ Goals (issue: regions): regions-hard / single <= 1.3 on both shapes; regions-har
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 
 import torch
 
-from bench.engine_overhead import RESULTS, flux_model, round_robin, sd15_model
+from bench.engine_overhead import RESULTS, common_arguments, flux_model, round_robin, sd15_model
 from tools import hostenv
 
 GOAL = 1.3
@@ -143,12 +142,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cfg", type=float, default=4.0)
-    p.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
-    p.add_argument("--only", choices=["sd15", "flux"])
+    p = common_arguments(__doc__, repeats=3, cfg=4.0)
     p.add_argument("--region-tokens", type=int, nargs=4, metavar="N",
                    help="the four region prompts' token counts (default: 77 each on SD1.5, 256 each on Flux)")
     p.add_argument("--flux-latent", type=int, default=64,
