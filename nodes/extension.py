@@ -5,12 +5,15 @@ from comfy_api.latest import ComfyExtension
 
 from .guidance import AttnLabNAG, AttnLabPAG, AttnLabSAG, AttnLabSEG, AttnLabSkipLayerGuidance
 from .inspect import AttnLabInspect
+from .merge import AttnLabToDo, AttnLabToMe
 from .regions import AttnLabRegion, AttnLabRegionalPrompt
 from .reweight import AttnLabTokenWeights
 from .temperature import AttnLabTemperature
+from .toy_model import AttnLabToyModel
 
 NODES = [AttnLabTemperature, AttnLabInspect, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance, AttnLabNAG,
-         AttnLabSAG, AttnLabTokenWeights, AttnLabRegion, AttnLabRegionalPrompt]
+         AttnLabSAG, AttnLabTokenWeights, AttnLabRegion, AttnLabRegionalPrompt, AttnLabToyModel,
+         AttnLabToMe, AttnLabToDo]
 
 
 class AttentionLabExtension(ComfyExtension):

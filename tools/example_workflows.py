@@ -245,7 +245,59 @@ def regional_flux(g: Graph) -> None:
            "prompting for DiTs). Apply FluxGuidance to the regional conditioning.")
 
 
-EXAMPLES = {"temperature_sd15": temperature_sd15, "guidance_pag_seg_sdxl": guidance_pag_seg_sdxl,
+def _speed_pair(g: Graph, ckpt, patched, pos, neg, latent, prefix: str, steps: int, cfg: float) -> None:
+    """The same seed sampled plainly and with a speed-up node, for comparing time and look."""
+    _sample_and_save(g, (ckpt, 0), pos, neg, latent, (ckpt, 2), "attnlab_plain", steps, cfg, "KSampler (plain)")
+    _sample_and_save(g, patched, pos, neg, latent, (ckpt, 2), prefix, steps, cfg, f"KSampler ({prefix[8:]})")
+
+
+def tome_sdxl(g: Graph) -> None:
+    ckpt, pos, neg, latent = _text_to_image(
+        g, "sd_xl_base_1.0.safetensors", "a sprawling fantasy city on terraced cliffs, waterfalls, morning haze, "
+        "highly detailed", "blurry, lowres", "EmptyLatentImage", 2048)
+    tome = g.add("AttnLabToMe", [0.5, 2, 2, "1", 0, "fixed", False, 0.0, 1.0, "", "all", "both"], model=(ckpt, 0))
+    _speed_pair(g, ckpt, (tome, 0), (pos, 0), (neg, 0), (latent, 0), "attnlab_tome", 25, 6.0)
+    g.note("## Token merging on SDXL at 2048x2048\n\n**AttnLabToMe** merges half of the image tokens of each "
+           "self-attention at the finest attention level (`max_downsample` 1) into their most similar neighbours "
+           "before attention and copies the results back after (Bolya & Hoffman 2023). At 2048x2048 self-attention "
+           "dominates the cost, so the merged sampler is markedly faster; fine texture softens first. Raise "
+           "`ratio` for speed, lower it (or set `end_percent` to 0.5 to merge only the early, coarse steps) for "
+           "detail.")
+
+
+def todo_sd15(g: Graph) -> None:
+    ckpt, pos, neg, latent = _text_to_image(
+        g, "v1-5-pruned-emaonly.safetensors", "an old library with tall bookshelves and a spiral staircase, warm "
+        "light", "blurry, lowres", "EmptyLatentImage", 1024)
+    todo = g.add("AttnLabToDo", [2, "1", 0.0, 1.0, "", "all", "both"], model=(ckpt, 0))
+    _speed_pair(g, ckpt, (todo, 0), (pos, 0), (neg, 0), (latent, 0), "attnlab_todo", 20, 7.0)
+    g.note("## Token downsampling on SD1.5\n\n**AttnLabToDo** pools the keys and values of the finest "
+           "self-attention level 2x2 on the token grid (Smith et al. 2024): each query still gets its own output, "
+           "but attends to a quarter of the keys, so that attention costs about a quarter. Queries are untouched, so "
+           "the layout holds; very fine detail softens a little. `factor` 4 is faster and softer.")
+
+
+TOY_JOINT = "a red circle and a blue square"
+
+
+def toy_shapes(g: Graph) -> None:
+    toy = g.add("AttnLabToyModel", title="Toy model (no download)", column=0)
+    pos = g.add("CLIPTextEncode", [TOY_JOINT], title="Joint prompt", clip=(toy, 1))
+    neg = g.add("CLIPTextEncode", [""], title="Negative", clip=(toy, 1))
+    latent = g.add("EmptyLatentImage", [128, 128, 4], column=1)  # 16x16 latents: the toy VAE decodes 64x64
+    node, _, _ = _regions(g, (toy, 1), 128, ("a red circle", "a blue square"), TOY_JOINT, (toy, 0), "hard", 0.0)
+    _sample_and_save(g, (toy, 0), (pos, 0), (neg, 0), (latent, 0), (toy, 2), "attnlab_toy_joint", 20, 8.0,
+                     "KSampler (one joint prompt)")
+    _sample_and_save(g, (node, 0), (node, 1), (neg, 0), (latent, 0), (toy, 2), "attnlab_toy_regions", 20, 8.0,
+                     "KSampler (regions)")
+    g.note("## Regional prompts on the toy model\n\n**AttnLabToyModel** is the pack's own tiny text-to-image "
+           "model (trained on flat shapes, 64x64): it needs no download, so you can try every effect at once. "
+           "The joint prompt leaves it to chance which shape lands where; with two **AttnLabRegion**s (left half "
+           "'a red circle', right half 'a blue square') the red circle is drawn on the left and the blue square "
+           "on the right. Four seeds per sampler.\n\n" + REGION_NOTE)
+
+
+EXAMPLES = {"toy_shapes": toy_shapes, "tome_sdxl": tome_sdxl, "todo_sd15": todo_sd15, "temperature_sd15": temperature_sd15, "guidance_pag_seg_sdxl": guidance_pag_seg_sdxl,
             "slg_sd35": slg_sd35, "nag_flux_cfg1": nag_flux_cfg1, "slg_wan": slg_wan,
             "token_weights_sd15": token_weights_sd15, "token_weights_sdxl": token_weights_sdxl,
             "token_weights_flux": token_weights_flux, "regional_sd15": regional_sd15,

@@ -3,9 +3,12 @@
     python -m tools.run_workflow [--workflow NAME_OR_PATH] [--checkpoint PATH] [--out DIR] [--steps N]
                                  [--server URL] [--list] [-q]
 
-Workflows in the UI format (File > Save) or the API format are accepted. Without ``--checkpoint``, checkpoint
-loaders are swapped for a tiny random-weight SD1.5 model built from the host's own classes, so every shipped
-workflow runs anywhere (its images are noise). ``--server`` submits the workflow to a running ComfyUI instead.
+Workflows in the UI format (File > Save) or the API format are accepted. Without ``--checkpoint``, SD1.5 and
+SDXL checkpoint loaders are swapped for the pack's toy model (``AttnLabToyModel``: it really draws, 64x64 shapes),
+and SD3, Flux and WAN loaders for a tiny random-weight model of that family built from the host's own classes
+(their latents and text encoders differ from the toy's; their images are noise), so every shipped workflow runs
+anywhere. With ``--checkpoint``, the workflow's checkpoint loader, or its toy model node, loads that file instead.
+``--server`` submits the workflow to a running ComfyUI instead.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from tools.workflow_format import RunError, WorkflowError, is_ui_format, spec_fr
 
 log = logging.getLogger("attnlab.run")
 WORKFLOWS = hostenv.PACK_ROOT / "workflows"
-DEFAULT_WORKFLOW = "temperature_sd15"
+DEFAULT_WORKFLOW = "toy_shapes"  # the showcase: regional prompts on the toy model
+TOY_NODE = "AttnLabToyModel"
+TOY_SIDE = 128  # Empty Latent Image size for the toy model's 16x16 latents (decoded to 64x64 images)
 # loader class -> (widget naming the file, runner node standing in for it without a checkpoint)
 LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", "AttnLabRunnerTinyModel"),
            "UNETLoader": ("unet_name", "AttnLabRunnerTinyModel"),
@@ -145,7 +150,7 @@ def to_api(workflow: dict, spec) -> dict:
 
 # -- preparing the prompt -------------------------------------------------------------------------------------
 def point_at_checkpoint(prompt: dict, checkpoint: str | None) -> None:
-    """Use the user's checkpoint file, or swap model loaders for tiny models when none is given."""
+    """Use the user's checkpoint file, or swap model loaders for the toy or tiny models when none is given."""
     if checkpoint is None:
         use_tiny_models(prompt)
         return
@@ -155,28 +160,52 @@ def point_at_checkpoint(prompt: dict, checkpoint: str | None) -> None:
     import folder_paths
     folder_paths.add_model_folder_path("checkpoints", str(path.parent.resolve()), is_default=True)
     for node in prompt.values():
+        if node["class_type"] == TOY_NODE:
+            node.update(class_type="CheckpointLoaderSimple", inputs={})
         if node["class_type"] in CHECKPOINT_LOADERS:
             node["inputs"][CHECKPOINT_LOADERS[node["class_type"]]] = path.name
 
 
 def use_tiny_models(prompt: dict) -> None:
+    """SD1.5/SDXL checkpoint loaders -> the toy model at its native size; other families -> tiny models."""
     loaders = [n for n in prompt.values() if n["class_type"] in LOADERS]
     if not loaders:
         return
     family = tiny_family_for(prompt)
+    if family == "sd15" and all(n["class_type"] in CHECKPOINT_LOADERS for n in loaders):
+        for node in loaders:
+            node.update(class_type=TOY_NODE, inputs={})
+        log.warning("no --checkpoint given: running on the pack's toy model (sizes scaled to %dpx: 16x16 latents, 64x64 images)",
+                    TOY_SIDE)
+        scale_sizes(prompt, TOY_SIDE)
+        return
     for node in loaders:
         node.update(class_type=LOADERS[node["class_type"]][1], inputs={"family": family})
-    log.warning("no --checkpoint given: running on a tiny random-weight %s model (images are noise, sizes capped at "
-                "%dpx, videos at 9 frames)", family, TINY_MAX_SIDE)
-    cap_sizes(prompt, TINY_MAX_SIDE)
+    log.warning("no --checkpoint given: running on a tiny random-weight %s model (images are noise, sizes scaled "
+                "to %dpx, videos at 9 frames)", family, TINY_MAX_SIDE)
+    scale_sizes(prompt, TINY_MAX_SIDE)
 
 
-def cap_sizes(prompt: dict, side: int, frames: int = 9) -> None:
-    caps = {"width": side, "height": side, "length": frames}
+SIZE_KEYS = ("width", "height")
+OFFSET_KEYS = ("x", "y")  # mask and image composites: scaled with the sizes so layouts keep their geometry
+
+
+def scale_sizes(prompt: dict, side: int, frames: int = 9) -> None:
+    """Scale every width/height (to multiples of 8) and composite offset so the largest side is ``side``; cap
+    video lengths at ``frames``."""
+    sizes = [v for n in prompt.values() for k, v in n["inputs"].items() if k in SIZE_KEYS and isinstance(v, int)]
+    factor = min(1.0, side / max(sizes)) if sizes else 1.0
     for node in prompt.values():
-        for key, cap in caps.items():
-            if isinstance(node["inputs"].get(key), int):
-                node["inputs"][key] = min(node["inputs"][key], cap)
+        inputs = node["inputs"]
+        for key, value in inputs.items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+            if key in SIZE_KEYS:
+                inputs[key] = max(8, round(value * factor / 8) * 8)
+            elif key in OFFSET_KEYS:
+                inputs[key] = round(value * factor)
+            elif key == "length":
+                inputs[key] = min(value, frames)
 
 
 def override_steps(prompt: dict, steps: int | None) -> None:
@@ -322,7 +351,7 @@ def parse_args(argv):
     p.add_argument("--workflow", default=DEFAULT_WORKFLOW, help=f"a name in workflows/ or a path (default "
                    f"{DEFAULT_WORKFLOW})")
     p.add_argument("--out", default="out", help="folder for the images (default ./out)")
-    p.add_argument("--checkpoint", help="run on this checkpoint file instead of the tiny random-weight model")
+    p.add_argument("--checkpoint", help="run on this checkpoint file instead of the toy model (or a tiny random-weight one)")
     p.add_argument("--steps", type=int, help="override every sampler's step count")
     p.add_argument("--server", help="submit to a running ComfyUI at this URL instead of running here")
     p.add_argument("--list", action="store_true", help="list the shipped workflows and exit")

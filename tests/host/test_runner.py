@@ -67,6 +67,38 @@ def test_every_shipped_workflow_runs_end_to_end(name, tmp_path):
     assert images and all(f.stat().st_size > 0 for f in images)
 
 
+def _api(name, mapping):
+    return ui_to_api(json.loads(run_workflow.resolve(name).read_text()), run_workflow.local_spec(mapping))
+
+
+def test_sd_workflows_run_on_the_toy_model_at_its_size(mapping):
+    prompt = _api("regional_sdxl", mapping)
+    run_workflow.point_at_checkpoint(prompt, None)
+    types = {n["class_type"] for n in prompt.values()}
+    assert "AttnLabToyModel" in types and "CheckpointLoaderSimple" not in types
+    latent, = [n["inputs"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"]
+    assert (latent["width"], latent["height"]) == (128, 128)
+    offsets = sorted(n["inputs"]["x"] for n in prompt.values() if n["class_type"] == "MaskComposite")
+    assert offsets == [0, 64], "mask layouts scale with the image"
+
+
+def test_other_families_keep_their_tiny_model(mapping):
+    prompt = _api("regional_flux", mapping)
+    run_workflow.point_at_checkpoint(prompt, None)
+    families = {n["inputs"].get("family") for n in prompt.values() if n["class_type"].startswith("AttnLabRunner")}
+    assert families == {"flux"}
+
+
+def test_checkpoint_replaces_the_toy_node(mapping, tmp_path):
+    checkpoint = tmp_path / "my_model.safetensors"
+    checkpoint.write_bytes(b"")
+    prompt = _api(run_workflow.DEFAULT_WORKFLOW, mapping)
+    run_workflow.point_at_checkpoint(prompt, str(checkpoint))
+    loaders = [n for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple"]
+    assert loaders and all(n["inputs"] == {"ckpt_name": "my_model.safetensors"} for n in loaders)
+    assert not any(n["class_type"] == "AttnLabToyModel" for n in prompt.values())
+
+
 def test_api_format_runs(tmp_path, mapping):
     wf = json.loads(run_workflow.resolve("temperature_sd15").read_text())
     path = tmp_path / "api.json"

@@ -1,4 +1,4 @@
-"""attention/ is pure torch: it imports without the host, and never imports it."""
+"""attention/ and toy/ are pure torch: they import without the host, and never import it."""
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +17,10 @@ def test_attention_package_never_imports_the_host():
         f"spec = importlib.util.spec_from_file_location('attention_lab', r'{ROOT / '__init__.py'}',"
         f" submodule_search_locations=[r'{ROOT}'])\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['attention_lab'] = m; spec.loader.exec_module(m)\n"
-        "import attention_lab.attention as a\n"
-        "for info in pkgutil.iter_modules(a.__path__):\n"
-        "    importlib.import_module('attention_lab.attention.' + info.name)\n"
+        "import attention_lab.attention as a, attention_lab.toy as t\n"
+        "for pkg in (a, t):\n"
+        "    for info in pkgutil.iter_modules(pkg.__path__):\n"
+        "        importlib.import_module(pkg.__name__ + '.' + info.name)\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
