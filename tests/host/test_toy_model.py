@@ -84,3 +84,15 @@ def test_training_is_seeded_and_deterministic(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert set(report["bytes"]) == {"unet", "clip", "vae"}
+
+
+def test_host_vae_encode_and_decode_nodes_round_trip_a_scene():
+    import nodes
+    from toy import world
+    _, _, vae = toy_checker.load()
+    scene = world.scenes(1, seed=11)[0]
+    latent = nodes.VAEEncode().encode(vae, scene.image.movedim(0, -1)[None])[0]["samples"]
+    assert latent.shape == (1, 4, 16, 16)
+    image = nodes.VAEDecode().decode(vae, {"samples": latent})[0][0]
+    colour, position = world.score(image.movedim(-1, 0), scene)
+    assert all(colour) and all(position)
