@@ -103,6 +103,21 @@ def call_items(call: AttnCall, items: list[int]) -> AttnCall:
     return call.with_(q=call.q[items], k=call.k[items], v=call.v[items], bias=bias)
 
 
+def split_items(call: AttnCall, selected, changed: Callable[[AttnCall, list], torch.Tensor],
+                inner: Backend) -> torch.Tensor:
+    """-> b n (h d): ``changed(sub-call, indices)`` on the selected batch items, ``inner`` on the rest (two calls)."""
+    picked = [i for i, s in enumerate(selected) if s]
+    rest = [i for i, s in enumerate(selected) if not s]
+    if not rest:
+        return changed(call, picked)
+    if not picked:
+        return inner(call)
+    a, b = changed(call_items(call, picked), picked), inner(call_items(call, rest))
+    out = a.new_empty(len(selected), *a.shape[1:])
+    out[picked], out[rest] = a, b
+    return out
+
+
 def _cover(n: int, spans: Sequence[tuple[Span, RowRunner]]) -> list[tuple[int, int, RowRunner | None]]:
     """Ordered pieces covering rows [0, n): the spans' rows with their runner, the gaps with None."""
     pieces, at = [], 0

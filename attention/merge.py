@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .effect import AttnCall, Backend, Effect
-from .maps import add_bias, call_items
+from .maps import add_bias, split_items
 from .schedule import Schedule
 from .site import JOINT, SELF, Site, Span
 
@@ -276,17 +276,10 @@ def downsample_call(call: AttnCall, span: Span, grid: Grid, factor: int) -> Attn
 
 # -- the effects ----------------------------------------------------------------------------------------------------
 def by_items(call: AttnCall, items: Sequence[bool] | None, changed: Backend, inner: Backend) -> torch.Tensor:
-    """-> b n (h d): ``changed`` on the selected batch items, ``inner`` on the others (as two calls)."""
-    picked = [i for i, s in enumerate(items or ()) if s]
-    rest = [i for i, s in enumerate(items or ()) if not s]
-    if items is None or not rest:
+    """-> b n (h d): ``changed`` on the selected batch items (None: all), ``inner`` on the others (as two calls)."""
+    if items is None:
         return changed(call)
-    if not picked:
-        return inner(call)
-    a, b = changed(call_items(call, picked)), inner(call_items(call, rest))
-    out = a.new_empty(len(items), *a.shape[1:])
-    out[picked], out[rest] = a, b
-    return out
+    return split_items(call, items, lambda sub, _: changed(sub), inner)
 
 
 def _check_levels(max_downsample: int, token_pixels: float) -> None:

@@ -17,7 +17,7 @@ import torch
 from . import regions as rg
 from .context import match_items
 from .effect import AttnCall, Backend, Effect, ModelInputs
-from .maps import RowRunner, add_bias, call_items, default_chunk, explicit_attention, run_rows
+from .maps import RowRunner, add_bias, default_chunk, explicit_attention, run_rows, split_items
 from .schedule import Schedule
 from .site import CROSS, JOINT, SELF, UNCOND, Site
 
@@ -259,13 +259,7 @@ class RegionalPrompt(Effect):
                         self.weight, image_rules)
         if all(touched):
             return self._run(rs, call, site, inner)
-        idx = [i for i, t in enumerate(touched) if t]
-        rest = [i for i, t in enumerate(touched) if not t]
-        out = torch.empty(call.q.shape[0], call.q.shape[2], call.q.shape[1] * call.v.shape[-1],
-                          dtype=call.v.dtype, device=call.v.device)
-        out[idx] = self._run(rs.subset(idx), call_items(call, idx), site, inner)
-        out[rest] = inner(call_items(call, rest))
-        return out
+        return split_items(call, touched, lambda sub, idx: self._run(rs.subset(idx), sub, site, inner), inner)
 
     def _run(self, rs: RegionSite, call: AttnCall, site: Site, inner: Backend) -> torch.Tensor:
         runner, per_head = MODES[self.mode]
