@@ -37,6 +37,18 @@ class AttnCall:
 Backend = Callable[[AttnCall], torch.Tensor]  # AttnCall -> b n (h d)
 
 PREPARED = "prepared"  # Site.extras key: per-model-call state of each effect, keyed by id(effect)
+RUN = "run"  # Site.extras key: the RunMemory of the sampling run the call belongs to
+
+
+class RunMemory:
+    """What effects keep for one sampling run, keyed by id(effect). Not a dict: the host copies nested dicts of
+    transformer_options for every model call, and the memory must outlive the call."""
+
+    def __init__(self):
+        self.by_effect: dict = {}
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class Effect:
 
     node_id: str = "AttnLab"
     supported_kinds: frozenset[str] | None = None  # None: any kind
+    innermost: bool = False  # True: its ``attend`` shrinks the call, so it nests nearest the kernel wherever stacked
 
     def __init__(self, schedule: Schedule):
         self.schedule = schedule
@@ -88,6 +101,23 @@ class Effect:
         """What ``prepare`` returned for the model call ``site`` belongs to (None if nothing)."""
         return site.extras.get(PREPARED, {}).get(id(self))
 
+    def new_memory(self):
+        """State the effect keeps for a whole sampling run (made on first use), or None if it keeps none."""
+        return None
+
+    def run_memory(self, site: Site):
+        """This effect's memory for the sampling run ``site`` belongs to; None outside a run or without memory."""
+        run = site.extras.get(RUN)
+        if run is None:
+            return None
+        if id(self) not in run.by_effect:
+            run.by_effect[id(self)] = self.new_memory()
+        return run.by_effect[id(self)]
+
+    def report(self, memory) -> str | None:
+        """A line for the log when a sampling run ends, from the run's memory (None: nothing to say)."""
+        return None
+
     def pre(self, call: AttnCall, site: Site) -> AttnCall:
         return call
 
@@ -110,7 +140,11 @@ def _nest(effect: Effect, site: Site, inner: Backend) -> Backend:
 
 
 def run_effects(effects: Sequence[Effect], call: AttnCall, site: Site, backend: Backend) -> torch.Tensor:
-    """Run ``effects`` (already filtered to those that apply) around ``backend``; returns b n (h d)."""
+    """Run ``effects`` (already filtered to those that apply) around ``backend``; returns b n (h d).
+
+    Effects marked ``innermost`` (token merging, downsampling) nest nearest the kernel, in stack order among
+    themselves, so every other effect's ``attend`` sees the full call its site describes."""
+    effects = [e for e in effects if not e.innermost] + [e for e in effects if e.innermost]
     for effect in effects:
         call = effect.pre(call, site)
     inner = backend

@@ -2,7 +2,7 @@
 
 ToMe follows Bolya & Hoffman 2023, "Token Merging for Fast Stable Diffusion" (tomesd): bipartite soft matching on
 the image-token grid. Each stride cell of each frame gets one random destination token; every other token is a
-source; the ``r`` sources most similar (cosine, on the keys averaged over heads) to their best destination merge
+source; the ``r`` sources most similar (cosine, on the queries with all their heads) to their best destination merge
 into it (a mean). Queries, keys and values are merged with one plan, the host's kernel attends the smaller call,
 and every merged source gets its destination's output back (as tomesd's unmerge). ``proportional`` adds log(size)
 to each merged key's logits: the proportional attention of Bolya et al. 2023, "Token Merging: Your ViT But
@@ -17,9 +17,9 @@ Both apply to image tokens only: the text tokens of joint attention pass untouch
 (a mask, or another effect's bias) follows the tokens: a merged or pooled key or query row takes the max of its
 members' biases, so a key stays visible where any of its members was. Both hand a smaller call to the host's
 fused kernel; neither builds attention maps. Both work in ``attend`` rather than ``pre``: a CFG half left out by
-``apply_to`` then runs as its own unchanged call (key counts differ), and biases that later effects add in ``pre``
-are reduced with the tokens they were built for. Stack them last (innermost), so that effects whose ``attend``
-reads tokens by position see the full call.
+``apply_to`` then runs as its own unchanged call (key counts differ), and biases that other effects add in ``pre``
+are reduced with the tokens they were built for. They are ``innermost``: wherever they sit in the stack, they nest
+nearest the kernel, so effects whose ``attend`` reads tokens by position always see the full call.
 
 Which sites: ``max_downsample`` compares a site's grid with the model's finest attention grid, read from the
 sample's pixel area (latent h*w*vae_scale^2, ``TokenLayout.pixel_area``) and ``token_pixels``, the side in pixels
@@ -77,6 +77,15 @@ def plan_seed(seed: int, site: Site) -> int:
 
 
 # -- token merging: the plan -------------------------------------------------------------------------------------------
+def query_metric(q: torch.Tensor, span: Span) -> torch.Tensor:
+    """q: b h n d -> b n (h d): the image queries at ``span`` with every head's dimensions, for matching."""
+    # Merged queries share one output, so their spread is the merge's error (proportional attention makes merging
+    # keys and values nearly exact): matching on the full queries beats keys averaged over heads (ToMe ViT's
+    # metric) by about a tenth in output deviation at the cost of a wider similarity product, the width tomesd's
+    # hidden-state metric has too (bench/merge_cost.py).
+    return q[:, :, span.as_slice()].transpose(1, 2).flatten(2)
+
+
 def destinations(grid: Grid, stride: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     """-> f c: a random token (raster h w) per stride cell, c = ceil(h/sy)*ceil(w/sx) (Bolya & Hoffman 2023)."""
     # Border cells the grid cuts short get one destination too; a stride larger than the grid is clamped to it.
@@ -184,11 +193,19 @@ def bipartite_plan(metric: torch.Tensor, grid: Grid, stride: tuple[int, int], ra
     r = min(int(ratio * t), src.shape[1])
     if r == 0:
         return MergePlan(src, src[:, :0], dst, src[:, :0], f)
-    m = F.normalize(metric.float().reshape(b * f, t, -1), dim=-1)
+    kept, merged, into = match_sources(F.normalize(metric.float().reshape(b * f, t, -1), dim=-1), src, dst, r)
+    return MergePlan(kept, merged, dst, into, f)
+
+
+def match_sources(m: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int):
+    """m: B t c unit rows, src: B s, dst: B c -> kept B (s-r), merged B r, into B r (Bolya & Hoffman 2023)."""
+    # The r sources most similar to their best destination merge into it; ``into`` indexes ``dst``.
+    if r == 0:
+        return src, src[:, :0], src[:, :0]
     score, best = best_match(gather_rows(m, src), gather_rows(m, dst))
     order = score.argsort(dim=-1, descending=True, stable=True)
     merged, kept = order[:, :r], order[:, r:]
-    return MergePlan(src.gather(1, kept), src.gather(1, merged), dst, best.gather(1, merged), f)
+    return src.gather(1, kept), src.gather(1, merged), best.gather(1, merged)
 
 
 # -- token merging: calls ---------------------------------------------------------------------------------------------
@@ -282,17 +299,18 @@ def by_items(call: AttnCall, items: Sequence[bool] | None, changed: Backend, inn
     return split_items(call, items, lambda sub, _: changed(sub), inner)
 
 
-def _check_levels(max_downsample: int, token_pixels: float) -> None:
+def check_levels(max_downsample: int, token_pixels: float) -> None:
     if max_downsample < 1:
         raise ValueError(f"max_downsample must be at least 1, not {max_downsample}")
     if token_pixels <= 0:
         raise ValueError(f"token_pixels must be positive, not {token_pixels}")
 
 
-class _GridEffect(Effect):
+class GridEffect(Effect):
     """Shared by ToMe and ToDo: self and joint attention, at sites whose grid is known and fine enough."""
 
     supported_kinds = frozenset({SELF, JOINT})
+    innermost = True
     max_downsample: int
     token_pixels: float
 
@@ -307,7 +325,7 @@ class _GridEffect(Effect):
         raise NotImplementedError
 
 
-class TokenMerge(_GridEffect):
+class TokenMerge(GridEffect):
     """ToMe for SD (Bolya & Hoffman 2023): merge image tokens for the attention call, unmerge its output."""
 
     node_id = "AttnLabToMe"
@@ -319,7 +337,7 @@ class TokenMerge(_GridEffect):
             raise ValueError(f"ratio must be in [0, 1), not {ratio}")
         if min(stride) < 1:
             raise ValueError(f"stride must be at least 1x1, not {stride}")
-        _check_levels(max_downsample, token_pixels)
+        check_levels(max_downsample, token_pixels)
         self.ratio, self.stride, self.seed = float(ratio), (int(stride[0]), int(stride[1])), int(seed)
         self.max_downsample, self.proportional = int(max_downsample), bool(proportional)
         self.token_pixels = token_pixels
@@ -329,13 +347,23 @@ class TokenMerge(_GridEffect):
         return self.ratio == 0.0 or self.stride == (1, 1)
 
     def plan(self, call: AttnCall, site: Site) -> MergePlan:
-        """The site's plan from its image keys averaged over heads (b n d), with a per-site seeded generator."""
-        span = site.layout.img_k
-        metric = call.k[:, :, span.as_slice()].mean(dim=1)
+        """The site's plan from its image queries (b n (h d)), with a per-site seeded generator."""
+        metric = query_metric(call.q, site.layout.img_q)
         generator = torch.Generator().manual_seed(plan_seed(self.seed, site))
         return bipartite_plan(metric, image_grid(site), self.stride, self.ratio, generator)
 
+    def check_stride(self, site: Site) -> None:
+        """A stride larger than the site's token grid is a user error (it would merge across the whole grid)."""
+        _, h, w = image_grid(site)
+        for name, stride, side in (("stride_y", self.stride[0], h), ("stride_x", self.stride[1], w)):
+            if stride > side:
+                raise ValueError(f"{self.node_id}: input '{name}': {stride} is larger than the {h}x{w} token grid at "
+                                 f"{site.block}. Fix: use a stride of at most {min(h, w)}, a lower max_downsample, "
+                                 "or a larger image.")
+
     def _changed(self, site: Site, inner: Backend) -> Callable[[AttnCall], torch.Tensor]:
+        self.check_stride(site)
+
         def run(call: AttnCall) -> torch.Tensor:
             plan = self.plan(call, site)
             if plan.r == 0:
@@ -350,7 +378,7 @@ class TokenMerge(_GridEffect):
                 f"seed={self.seed}{extra}")
 
 
-class TokenDownsample(_GridEffect):
+class TokenDownsample(GridEffect):
     """ToDo (Smith et al. 2024): image keys and values average-pooled by ``factor`` on the token grid."""
 
     node_id = "AttnLabToDo"
@@ -359,7 +387,7 @@ class TokenDownsample(_GridEffect):
         super().__init__(schedule)
         if factor < 1:
             raise ValueError(f"factor must be at least 1, not {factor}")
-        _check_levels(max_downsample, token_pixels)
+        check_levels(max_downsample, token_pixels)
         self.factor, self.max_downsample, self.token_pixels = int(factor), int(max_downsample), token_pixels
 
     @property

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.address import BlockAddress
-from ..attention.effect import PREPARED, AttnCall, ModelInputs, run_effects
+from ..attention.effect import PREPARED, RUN, AttnCall, ModelInputs, RunMemory, run_effects
 from ..attention.guidance import GUIDANCE_CHUNKS
 from ..attention.sag import STEP_STATE
 from ..attention.layout import full_rows, mask_to_bias, to_bhnd
@@ -33,6 +33,7 @@ CTX_KEY = "attnlab_ctx"
 TAG_KEY = "attnlab_block"
 PLAN_KEY = "attnlab_guidance_plan"  # per chunk label, the guidance perturbation that chunk runs
 STEP_KEY = "attnlab_step_state"  # a dict living from the sampler's main call to its post-CFG term
+RUN_KEY = "attnlab_run"  # a RunMemory living for one sampling run (effects' memory across steps)
 _POSITIONAL = ("mask", "attn_precision", "skip_reshape", "skip_output_reshape")
 _warned: set = set()
 
@@ -83,6 +84,7 @@ class CallContext:
         self.latent_shape = tuple(x.shape)
         self.plan = transformer_options.get(PLAN_KEY)
         self.step_state = transformer_options.get(STEP_KEY)
+        self.run = transformer_options.get(RUN_KEY)
         self.active = [e for e in stack.live if e.runs_in(self.plan) and e.schedule.active_at(self.sigma)
                        and any(e.schedule.chunk_selected(c) for c in self.chunks)]
         self.live = bool(self.active)
@@ -165,7 +167,7 @@ class CallContext:
         layout = self._layout(kind, n_q, k.shape[2], to)
         return Site(self.family.name, kind, block, heads, head_dim, layout, self.sigma, self.percent,
                     self.chunks, {"batch_per_chunk": max(1, b // len(self.chunks)), GUIDANCE_CHUNKS: self.plan,
-                     STEP_STATE: self.step_state, PREPARED: self.prepared})
+                     STEP_STATE: self.step_state, PREPARED: self.prepared, RUN: self.run})
 
     # -- after the model call -----------------------------------------------------------------------------
     def finish(self) -> None:
@@ -364,6 +366,27 @@ def apply_model_wrapper(executor, x, t, *args, **kwargs):
     out = executor(x, t, *args, **kwargs)
     ctx.finish()
     return out
+
+
+def sampler_run_wrapper(executor, guider, sigmas, extra_args, *args, **kwargs):
+    """SAMPLER_SAMPLE wrapper: a fresh memory for effects that keep state across the run's steps; logs their
+    reports when the run ends."""
+    options = extra_args.get("model_options", {})
+    to = dict(options.get("transformer_options", {}))
+    run = to[RUN_KEY] = RunMemory()
+    extra_args = {**extra_args, "model_options": {**options, "transformer_options": to}}
+    try:
+        return executor(guider, sigmas, extra_args, *args, **kwargs)
+    finally:
+        _report(to.get(STACK_KEY), run)
+
+
+def _report(stack, run: RunMemory) -> None:
+    for effect in stack.live if stack is not None else ():
+        memory = run.by_effect.get(id(effect))
+        line = effect.report(memory) if memory is not None else None
+        if line:
+            log.info("Attention Lab: %s", line)
 
 
 def is_ours(fn) -> bool:

@@ -5,15 +5,16 @@ from comfy_api.latest import ComfyExtension
 
 from .guidance import AttnLabNAG, AttnLabPAG, AttnLabSAG, AttnLabSEG, AttnLabSkipLayerGuidance
 from .inspect import AttnLabInspect
-from .merge import AttnLabToDo, AttnLabToMe
+from .merge import AttnLabToDo, AttnLabToMe, AttnLabVideoMerge
 from .regions import AttnLabRegion, AttnLabRegionalPrompt
+from .reuse import AttnLabAttentionReuse
 from .reweight import AttnLabTokenWeights
 from .temperature import AttnLabTemperature
 from .toy_model import AttnLabToyModel
 
 NODES = [AttnLabTemperature, AttnLabInspect, AttnLabPAG, AttnLabSEG, AttnLabSkipLayerGuidance, AttnLabNAG,
          AttnLabSAG, AttnLabTokenWeights, AttnLabRegion, AttnLabRegionalPrompt, AttnLabToyModel,
-         AttnLabToMe, AttnLabToDo]
+         AttnLabToMe, AttnLabToDo, AttnLabVideoMerge, AttnLabAttentionReuse]
 
 
 class AttentionLabExtension(ComfyExtension):

@@ -11,7 +11,7 @@ import logging
 from ..attention.effect import Effect
 from ..attention.stack import EffectStack
 from .dispatch import (FAMILY_KEY, STACK_KEY, BlockTagger, Dispatcher, UnetCheck, UnetTag, apply_model_wrapper,
-                       callable_name, is_ours)
+                       callable_name, is_ours, sampler_run_wrapper)
 from .batching import context_batching_wrapper
 from .guidance_runtime import apply_guidance, guidance_batch_wrapper
 from .families import UNET, Family, family_of_config, supported_labels
@@ -97,8 +97,10 @@ def _install_override(to: dict) -> None:
 def _install_wrapper(m) -> None:
     import comfy.patcher_extension as pe
 
-    if not m.get_wrappers(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY):
-        m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model_wrapper)
+    for kind, wrapper in ((pe.WrappersMP.APPLY_MODEL, apply_model_wrapper),
+                          (pe.WrappersMP.SAMPLER_SAMPLE, sampler_run_wrapper)):
+        if not m.get_wrappers(kind, WRAPPER_KEY):
+            m.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
 
 
 def _install_unet_tags(to: dict) -> None:

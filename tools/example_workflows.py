@@ -5,6 +5,7 @@ A host-tier test checks that the files equal what this writes, so examples canno
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from tools import hostenv
 from tools.workflow_builder import Graph
@@ -102,7 +103,8 @@ def nag_flux_cfg1(g: Graph) -> None:
            "blended, in the same model call.")
 
 
-def slg_wan(g: Graph) -> None:
+def _wan_video(g: Graph, patch: Callable, title: str, prefix: str) -> None:
+    """WAN 2.1 text to video, the model passed through ``patch(g, model) -> node`` before the sampler."""
     unet = g.add("UNETLoader", ["wan2.1_t2v_1.3B_fp16.safetensors", "default"], title="Load WAN 2.1", column=0)
     clip = g.add("CLIPLoader", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "default"], column=0)
     vae = g.add("VAELoader", ["wan_2.1_vae.safetensors"], column=0)
@@ -110,15 +112,33 @@ def slg_wan(g: Graph) -> None:
                 clip=(clip, 0))
     neg = g.add("CLIPTextEncode", ["static, blurry, deformed legs, extra limbs"], title="Negative", clip=(clip, 0))
     latent = g.add("EmptyHunyuanLatentVideo", [832, 480, 33, 1], column=1)
-    slg = g.add("AttnLabSkipLayerGuidance", [3.0, 0.0, 0.1, 0.7, "", "all"], model=(unet, 0))
-    sampler = g.add("KSampler", [42, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], title="KSampler (SLG)",
-                    model=(slg, 0), positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0))
+    sampler = g.add("KSampler", [42, "fixed", 30, 6.0, "uni_pc", "simple", 1.0], title=f"KSampler ({title})",
+                    model=(patch(g, (unet, 0)), 0), positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0))
     frames = g.add("VAEDecode", samples=(sampler, 0), vae=(vae, 0))
-    g.add("SaveAnimatedWEBP", ["attnlab_slg_wan", 16.0, False, 90, "default"], images=(frames, 0))
+    g.add("SaveAnimatedWEBP", [prefix, 16.0, False, 90, "default"], images=(frames, 0))
+
+
+def slg_wan(g: Graph) -> None:
+    _wan_video(g, lambda g, model: g.add("AttnLabSkipLayerGuidance", [3.0, 0.0, 0.1, 0.7, "", "all"], model=model),
+               "SLG", "attnlab_slg_wan")
     g.note("## Skip-layer guidance on WAN 2.1\n\n**AttnLabSkipLayerGuidance** guides the video away from a prediction "
            "whose middle block skips its self-attention (set e.g. `block.9-10` to choose), for 10%-70% of the "
            "schedule: steadier anatomy and motion. "
            "It shares the sampler's own model call (no extra pass).")
+
+
+def video_merge_wan(g: Graph) -> None:
+    _wan_video(g, lambda g, model: g.add("AttnLabVideoMerge", [0.7, 2, "tokens", 0, "fixed", True, "1", 0.0, 1.0, "",
+                                                               "all", "both"], model=model),
+               "video merge", "attnlab_video_merge_wan")
+    g.note("## Video token merging on WAN 2.1\n\n**AttnLabVideoMerge** (after VidToMe, Li et al. 2024) cuts the "
+           "video's latent frames into windows of 2. In each window one frame, drawn at random, keeps all its "
+           "tokens; 70% of the other frame's tokens merge into their most similar token of that frame before "
+           "self-attention, and get its output back after. Each self-attention then attends about two thirds of "
+           "the tokens (33 frames are 9 latent frames; the last window holds one and stays whole), under half "
+           "the attention work, and the frames of a window keep one look: less flicker, at the "
+           "cost of some fine motion. Lower `ratio` for more motion, raise `window` for more speed. Text "
+           "(cross-attention) is never merged.")
 
 
 TOKEN_PROMPT = "a cat wearing a tall red hat, sitting on a wooden chair, cozy living room, photo"
@@ -255,7 +275,7 @@ def tome_sdxl(g: Graph) -> None:
     ckpt, pos, neg, latent = _text_to_image(
         g, "sd_xl_base_1.0.safetensors", "a sprawling fantasy city on terraced cliffs, waterfalls, morning haze, "
         "highly detailed", "blurry, lowres", "EmptyLatentImage", 2048)
-    tome = g.add("AttnLabToMe", [0.5, 2, 2, "1", 0, "fixed", False, 0.0, 1.0, "", "all", "both"], model=(ckpt, 0))
+    tome = g.add("AttnLabToMe", [0.5, 2, 2, "1", 0, "fixed", True, 0.0, 1.0, "", "all", "both"], model=(ckpt, 0))
     _speed_pair(g, ckpt, (tome, 0), (pos, 0), (neg, 0), (latent, 0), "attnlab_tome", 25, 6.0)
     g.note("## Token merging on SDXL at 2048x2048\n\n**AttnLabToMe** merges half of the image tokens of each "
            "self-attention at the finest attention level (`max_downsample` 1) into their most similar neighbours "
@@ -280,6 +300,20 @@ def todo_sd15(g: Graph) -> None:
 TOY_JOINT = "a red circle and a blue square"
 
 
+def reuse_sdxl(g: Graph) -> None:
+    ckpt, pos, neg, latent = _text_to_image(
+        g, "sd_xl_base_1.0.safetensors", "a lighthouse on a rocky coast at dusk, crashing waves, dramatic sky",
+        "blurry, lowres", "EmptyLatentImage", 1024)
+    reuse = g.add("AttnLabAttentionReuse", [0.05, True, True, 0.0, 1.0, "", "all"], model=(ckpt, 0))
+    _speed_pair(g, ckpt, (reuse, 0), (pos, 0), (neg, 0), (latent, 0), "attnlab_reuse", 30, 6.0)
+    g.note("## Attention reuse on SDXL\n\n**AttnLabAttentionReuse** (after DiTFastAttn, Yuan et al. 2024) skips an "
+           "attention call when its inputs changed by less than 5% since the step that last computed it, and "
+           "reuses that output; where the negative prompt's inputs are that close to the positive's, one output "
+           "serves both. Most reuse comes in the late, fine steps. The console says how often it reused when the "
+           "sampler ends. Lower `threshold` for fidelity, raise it for speed; each selected site keeps a copy of "
+           "its inputs and output while sampling.")
+
+
 def toy_shapes(g: Graph) -> None:
     toy = g.add("AttnLabToyModel", title="Toy model (no download)", column=0)
     pos = g.add("CLIPTextEncode", [TOY_JOINT], title="Joint prompt", clip=(toy, 1))
@@ -297,11 +331,12 @@ def toy_shapes(g: Graph) -> None:
            "on the right. Four seeds per sampler.\n\n" + REGION_NOTE)
 
 
-EXAMPLES = {"toy_shapes": toy_shapes, "tome_sdxl": tome_sdxl, "todo_sd15": todo_sd15, "temperature_sd15": temperature_sd15, "guidance_pag_seg_sdxl": guidance_pag_seg_sdxl,
+EXAMPLES = {"toy_shapes": toy_shapes, "tome_sdxl": tome_sdxl, "todo_sd15": todo_sd15,
+            "temperature_sd15": temperature_sd15, "guidance_pag_seg_sdxl": guidance_pag_seg_sdxl,
             "slg_sd35": slg_sd35, "nag_flux_cfg1": nag_flux_cfg1, "slg_wan": slg_wan,
-            "token_weights_sd15": token_weights_sd15, "token_weights_sdxl": token_weights_sdxl,
-            "token_weights_flux": token_weights_flux, "regional_sd15": regional_sd15,
-            "regional_sdxl": regional_sdxl, "regional_flux": regional_flux}
+            "video_merge_wan": video_merge_wan, "reuse_sdxl": reuse_sdxl, "token_weights_sd15": token_weights_sd15,
+            "token_weights_sdxl": token_weights_sdxl, "token_weights_flux": token_weights_flux,
+            "regional_sd15": regional_sd15, "regional_sdxl": regional_sdxl, "regional_flux": regional_flux}
 
 
 def build(name: str, mapping) -> Graph:

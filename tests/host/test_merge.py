@@ -1,5 +1,6 @@
 """AttnLabToMe and AttnLabToDo on real tiny models: neutral is exact, active settings change the sample and repeat
-bit for bit, odd latents and over-large strides run, max_downsample picks the levels, bad inputs name the fix."""
+bit for bit, odd latents run, over-large strides are refused, max_downsample picks the levels, bad inputs name the
+fix."""
 from __future__ import annotations
 
 import pytest
@@ -51,11 +52,11 @@ def test_odd_latents_run(family, latent, tiny, sample):
         assert out.shape == base.shape and torch.isfinite(out).all() and not torch.equal(out, base)
 
 
-def test_stride_larger_than_the_grid_is_clamped(tiny, sample):
+def test_stride_larger_than_the_grid_is_refused_naming_node_input_and_fix(tiny, sample):
     t = tiny("flux")  # an 8x8 latent: a 4x4 token grid, smaller than an 8x8 stride
-    base = sample(t.patcher, t)
-    out = sample(tome(t.patcher, stride_x=8, stride_y=8), t)
-    assert torch.isfinite(out).all() and not torch.equal(out, base)
+    with pytest.raises(ValueError, match=r"AttnLabToMe: input 'stride_y': 8 is larger than the 4x4 token grid .*Fix:"):
+        sample(tome(t.patcher, stride_x=8, stride_y=8), t)
+    assert torch.isfinite(sample(tome(t.patcher, stride_x=4, stride_y=4), t)).all()
 
 
 def test_apply_to_one_half_of_the_batch(tiny, sample):

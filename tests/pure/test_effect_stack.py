@@ -43,6 +43,18 @@ def test_stack_order_is_nested_application():
     assert torch.equal(out, torch.full((1, 3, 2), 8.0))
 
 
+def test_innermost_effects_nest_nearest_the_kernel_wherever_stacked():
+    class Shrinker(Recorder):
+        innermost = True
+
+    log = []
+    call = AttnCall(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2))
+    effects = [Shrinker("s", log), Recorder("a", log), Shrinker("t", log), Recorder("b", log)]
+    run_effects(effects, call, SITE, lambda c: c.q.sum(1))
+    assert [name for stage, name in log if stage == "attend>"] == ["a", "b", "s", "t"]
+    assert [name for stage, name in log if stage == "pre"] == ["a", "b", "s", "t"]
+
+
 def test_stack_is_immutable_and_neutral_effects_are_display_only():
     log = []
     live, idle = Recorder("a", log), Recorder("b", log, neutral=True)
