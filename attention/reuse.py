@@ -14,7 +14,8 @@ no calibration and adapts to the prompt and sampler:
   the cond items are attended and the uncond items get the cond output.
 
 Costs: a host sync per decision (one per selected call, two when cond/uncond sharing is also tried), and memory for
-one anchor (copies of q, k, v, the bias and the output) per selected site, for the length of the sampling run.
+one anchor (q, k, v, the bias and the output, held rather than copied) per selected site, for the length of the
+sampling run.
 Threshold 0 never reuses: the effect is then neutral. Token merging nests inside it (``innermost``), so what it
 stores is always the full, unmerged output.
 """
@@ -78,6 +79,12 @@ def chunk_items(site: Site, label: int) -> list[int]:
     return list(range(first, first + site.batch_per_chunk))
 
 
+def chunk_view(call: AttnCall, items: list[int]) -> AttnCall:
+    """The call on one chunk's batch items (a contiguous range) as views; the bias must be shared (batch 1)."""
+    rows = slice(items[0], items[-1] + 1)
+    return AttnCall(call.q[rows], call.k[rows], call.v[rows], call.bias)
+
+
 class AttentionReuse(Effect):
     """DiTFastAttn-style reuse (Yuan et al. 2024): skip attention where its inputs barely changed."""
 
@@ -105,12 +112,11 @@ class AttentionReuse(Effect):
         anchor = memory.anchors.get(key)
         if self.across_steps and anchor is not None and relative_change(call, anchor.call) < self.threshold:
             memory.reused += 1
-            return anchor.out.clone()  # the caller owns what it gets; the anchor stays intact
+            return anchor.out
         out = self._compute(call, site, inner, memory)
         memory.computed += 1
         if self.across_steps:
-            bias = None if call.bias is None else call.bias.clone()
-            memory.anchors[key] = Anchor(AttnCall(call.q.clone(), call.k.clone(), call.v.clone(), bias), out)
+            memory.anchors[key] = Anchor(call, out)  # references: the host makes fresh q, k, v for every call
         return out
 
     def _compute(self, call: AttnCall, site: Site, inner: Backend, memory: ReuseMemory) -> torch.Tensor:
@@ -118,7 +124,7 @@ class AttentionReuse(Effect):
         cond, uncond = chunk_items(site, COND), chunk_items(site, UNCOND)
         if not (self.across_cfg and cond and uncond and (call.bias is None or call.bias.shape[0] == 1)):
             return inner(call)
-        if relative_change(call_items(call, uncond), call_items(call, cond)) >= self.threshold:
+        if relative_change(chunk_view(call, uncond), chunk_view(call, cond)) >= self.threshold:
             return inner(call)
         memory.shared += 1
         rest = [i for i in range(call.q.shape[0]) if i not in uncond]

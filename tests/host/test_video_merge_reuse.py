@@ -25,7 +25,7 @@ def reuse(model, **changes):
     return AttnLabAttentionReuse.execute(model, **{**REUSE, **changes}).args[0]
 
 
-@pytest.mark.parametrize("family", ["wan21", "hunyuan_video"])
+@pytest.mark.parametrize("family", ["wan21", "hunyuan_video", "ltxv"])
 def test_video_merge_on_frames_in_tokens(family, tiny, sample):
     t = tiny(family)
     base = sample(t.patcher, t)
